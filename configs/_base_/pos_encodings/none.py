@@ -1,0 +1,2 @@
+# No position information at all (lower bound).
+pos_encoding = dict(type='mmsape.NoPositionEncoding')

@@ -1,0 +1,42 @@
+# A lighter detector: RetinaNet on a ViT-S/16 with window attention and a
+# SimpleFPN giving strides 8-128. The retinanet_vit-s16-<encoding>_* files
+# change only the position encoding.
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmsape.PosEncViT',
+        arch='deit-small',
+        img_size=(800, 1333),
+        patch_size=16,
+        with_cls_token=False,
+        out_type='featmap',
+        out_indices=(11, ),
+        window_size=14,
+        global_attn_indexes=(2, 5, 8, 11),
+        drop_path_rate=0.1,
+        final_norm=False,
+        pos_encoding=dict(type='mmsape.LearnedAPE'),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth')),
+    neck=dict(
+        _delete_=True,
+        type='mmsape.SimpleFPN',
+        in_channels=384,
+        out_channels=256,
+        scale_factors=(2.0, 1.0, 0.5),
+        num_outs=5))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    constructor='mmsape.LayerDecayOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(
+        layer_decay_rate=0.7,
+        norm_decay_mult=0.,
+        bias_decay_mult=0.,
+        custom_keys={'pos_encoding': dict(decay_mult=0.)}),
+    clip_grad=dict(max_norm=1.0, norm_type=2))

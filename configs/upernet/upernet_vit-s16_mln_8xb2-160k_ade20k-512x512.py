@@ -1,0 +1,28 @@
+# ViT-S/16 + MultiLevelNeck + UPerNet on ADE20K: mmseg's DeiT-S recipe (reported
+# 43.82 mIoU with its own ViT), with mmsape's ViT and a learned APE. The
+# upernet_vit-s16-<encoding>_* files change only model.backbone.pos_encoding.
+_base_ = [
+    'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py',
+]
+custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
+
+model = dict(
+    # mmseg passes `pretrained` to its own ViT; mmsape's loads through init_cfg.
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='mmsape.PosEncViT',
+        arch='deit-small',
+        img_size=512,
+        patch_size=16,
+        out_type='featmap',
+        out_indices=(2, 5, 8, 11),
+        drop_path_rate=0.1,
+        final_norm=False,
+        pos_encoding=dict(type='mmsape.LearnedAPE'),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth')))
+
+# No weight decay on any position-encoding parameter (APE table, PEG conv,
+# SaPE2 / CoPE tables, RoPE frequencies), as each paper does for its own.
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'pos_encoding': dict(decay_mult=0.)}))

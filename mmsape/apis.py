@@ -1,0 +1,59 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: scope set-up and the Runner."""
+import importlib
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+#: default_scope -> package whose ``utils.register_all_modules`` registers it.
+SCOPE_PACKAGES = {
+    'mmdet': 'mmdet',
+    'mmseg': 'mmseg',
+    'mmpretrain': 'mmpretrain',
+    'mmsape': 'mmsape',
+}
+
+
+def prepare_scope(cfg: Config) -> str:
+    """Register the modules of the config's ``default_scope`` and of mmsape.
+
+    Also makes MMEngine load checkpoints safely (``weights_only=True`` with the
+    types its own checkpoints need) and save them atomically, and picks the gloo
+    backend for multi-process runs on machines without GPUs.
+
+    Returns:
+        str: The scope.
+    """
+    scope = cfg.get('default_scope', None) or 'mmsape'
+    if scope not in SCOPE_PACKAGES:
+        raise ValueError(f"default_scope={scope!r} is not supported; use one of "
+                         f"{sorted(SCOPE_PACKAGES)} (classification uses 'mmpretrain').")
+    package = SCOPE_PACKAGES[scope]
+    try:
+        utils = importlib.import_module(f'{package}.utils')
+    except ImportError as error:
+        raise ImportError(f"The config's default_scope is {scope!r} but {package} cannot be "
+                          f'imported ({error}); run tools/setup_env.sh.') from error
+    utils.register_all_modules(init_default_scope=False)
+
+    from mmsape.utils import register_all_modules
+    from mmsape.utils.checkpoint import patch_mmengine_checkpointing
+    register_all_modules(init_default_scope=False)
+    patch_mmengine_checkpointing()
+
+    if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
+        dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        if dist_cfg.get('backend', 'nccl') == 'nccl':
+            print_log('No GPU: using the gloo backend for distributed training.',
+                      logger='current')
+            dist_cfg['backend'] = 'gloo'
+    return scope
+
+
+def build_runner(cfg: Config) -> Runner:
+    """MMEngine's Runner, or the config's ``runner_type``."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

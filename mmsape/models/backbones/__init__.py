@@ -1,0 +1,3 @@
+from .pos_enc_vit import PosEncViT
+
+__all__ = ['PosEncViT']

@@ -1,0 +1,184 @@
+"""The one interface every position encoding implements.
+
+Position encodings act at up to three places of a ViT, and each kind overrides
+only the hook it needs:
+
+* token-additive (learned APE, 2D sin-cos): :meth:`encode_tokens`, once, right
+  after the patch embedding and the prefix (class / register) tokens;
+* between blocks (CPVT's PEG): :meth:`after_block`, after chosen blocks;
+* inside attention (2D RoPE, SaPE², CoPE): :meth:`attention`, which receives one
+  layer's per-head ``q, k, v`` and returns the attended values. A q/k transform
+  rotates ``q, k`` first; an attention-logit bias adds to the logits.
+
+The backbone passes a :class:`TokenGrid` everywhere, so that an encoding never
+guesses the layout: ``num_prefix`` prefix tokens followed by an ``H x W`` grid in
+row-major order, with H and W free to differ and to change from batch to batch.
+"""
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence, Set, Tuple
+
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Layout of a token sequence: prefix tokens, then an H x W patch grid.
+
+    Args:
+        height (int): Rows of the patch grid.
+        width (int): Columns of the patch grid.
+        num_prefix (int): Class / register tokens in front of the grid.
+        pad_mask (Tensor, optional): ``(B, H, W)`` bool, True where a grid cell is
+            padding rather than image (padded batches in detection, padded
+            windows). ``None`` means every cell is image.
+    """
+    height: int
+    width: int
+    num_prefix: int = 0
+    pad_mask: Optional[Tensor] = None
+
+    @property
+    def hw(self) -> Tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def num_patches(self) -> int:
+        return self.height * self.width
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    def replace(self, **changes) -> 'TokenGrid':
+        return replace(self, **changes)
+
+
+def split_prefix(x: Tensor, grid: TokenGrid) -> Tuple[Tensor, Tensor]:
+    """Split ``(..., P + H*W, C)`` tokens into prefix and patch tokens."""
+    return x[..., :grid.num_prefix, :], x[..., grid.num_prefix:, :]
+
+
+class BasePositionEncoding(BaseModule):
+    """Base class of all position encodings; on its own it encodes nothing.
+
+    The backbone builds the encoding with these keyword arguments (they describe
+    the ViT it lives in), so every subclass accepts them.
+
+    Args:
+        embed_dims (int): Token width C.
+        num_heads (int): Attention heads; the head dim is ``embed_dims // num_heads``.
+        num_layers (int): Transformer blocks in the backbone.
+        base_grid (tuple[int, int]): Patch grid of the configured ``img_size``;
+            size of tables that are stored per grid cell.
+        num_prefix_tokens (int): Class / register tokens in front of the grid.
+        init_cfg (dict | list[dict], optional): MMEngine initialisation config.
+    """
+
+    #: True when the encoding changes attention; the backbone then routes every
+    #: layer's attention through :meth:`attention`.
+    acts_in_attention: bool = False
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 num_layers: int,
+                 base_grid: Tuple[int, int] = (14, 14),
+                 num_prefix_tokens: int = 1,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims={embed_dims} is not divisible by '
+                             f'num_heads={num_heads}; change one of them.')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.num_layers = num_layers
+        self.base_grid = tuple(base_grid)
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def encode_tokens(self, x: Tensor, grid: TokenGrid) -> Tensor:
+        """Add position to ``(B, P + H*W, C)`` tokens after the patch embedding."""
+        return x
+
+    def after_block(self, block_index: int, x: Tensor, grid: TokenGrid) -> Tensor:
+        """Encode position into ``(B, P + H*W, C)`` tokens after block ``block_index``."""
+        return x
+
+    def attention(self,
+                  layer_index: int,
+                  q: Tensor,
+                  k: Tensor,
+                  v: Tensor,
+                  grid: TokenGrid,
+                  dropout_p: float = 0.) -> Tensor:
+        """Attend ``(B, heads, P + H*W, head_dim)`` queries to keys and values.
+
+        The default is plain scaled dot-product attention (softmax of
+        ``q.k / sqrt(d)``), which is what a layer without an attention-level
+        encoding computes.
+        """
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names (relative to this module) to exclude from weight decay."""
+        return set()
+
+    def layer_index_of(self, param_name: str) -> Optional[int]:
+        """Block whose attention a parameter belongs to, for layer-wise lr decay.
+
+        ``None`` (the default) puts it with the patch embedding, at depth 0.
+        """
+        return None
+
+    def check_compatible(self, *, window_size: int, with_cls_token: bool) -> None:
+        """Raise ``ValueError`` naming the option to change when the backbone's
+        configuration cannot work with this encoding (called at build time)."""
+
+    def extra_repr(self) -> str:
+        return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}'
+
+
+def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                        dropout_p: float = 0.) -> Tensor:
+    """softmax(q.k / sqrt(d) + bias) v; ``bias`` broadcasts to (B, heads, Nq, Nk).
+
+    The bias is added after the 1/sqrt(d) scaling, as both SaPE² and CoPE
+    reference codes do.
+    """
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+
+
+def layers_from_option(option: Optional[Sequence[int]], num_layers: int,
+                       name: str = 'layers') -> Tuple[int, ...]:
+    """Resolve a 'which blocks' option: ``None`` means all, negatives count from the end."""
+    if option is None:
+        return tuple(range(num_layers))
+    resolved = []
+    for index in option:
+        real = index + num_layers if index < 0 else index
+        if not 0 <= real < num_layers:
+            raise ValueError(f'{name} contains {index}, but the backbone has '
+                             f'{num_layers} blocks (valid: 0..{num_layers - 1} or '
+                             f'-{num_layers}..-1).')
+        resolved.append(real)
+    return tuple(sorted(set(resolved)))
+
+
+def grid_to_map(tokens: Tensor, grid: TokenGrid) -> Tensor:
+    """``(B, H*W, C)`` patch tokens -> ``(B, C, H, W)`` map."""
+    batch, _, channels = tokens.shape
+    return tokens.transpose(1, 2).reshape(batch, channels, grid.height, grid.width)
+
+
+def map_to_grid(feature_map: Tensor) -> Tensor:
+    """``(B, C, H, W)`` map -> ``(B, H*W, C)`` tokens."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+__all__ = [
+    'TokenGrid', 'BasePositionEncoding', 'attention_with_bias', 'split_prefix',
+    'layers_from_option', 'grid_to_map', 'map_to_grid'
+]
