@@ -11,10 +11,14 @@ position encodings are available in every scope as ``mmsape.<Name>``.
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 
-from mmsape.apis import build_runner, prepare_scope
+# The repository root, so that configs can import 'projects.<name>' modules
+# through custom_imports wherever the command is run from.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmsape.apis import build_runner, prepare_scope  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

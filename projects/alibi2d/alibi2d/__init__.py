@@ -1,0 +1,3 @@
+from .alibi2d import ALiBi2D
+
+__all__ = ['ALiBi2D']

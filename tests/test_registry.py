@@ -1,0 +1,69 @@
+"""mmsape's types resolve from every toolbox's registry, and mistakes are named."""
+import subprocess
+import sys
+
+import pytest
+
+TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+
+
+def run_fresh(code: str) -> subprocess.CompletedProcess:
+    """Run in a new interpreter, so that nothing imported by other tests helps."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize('toolbox', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_scoped_type_found_from_other_toolboxes(toolbox):
+    """type='mmsape.PosEncViT' builds from mmdet / mmseg / mmpretrain registries
+    without importing mmsape first (MMEngine imports mmsape.registry on demand)."""
+    result = run_fresh(
+        f'from {toolbox}.registry import MODELS\n'
+        f'from {toolbox}.utils import register_all_modules\n'
+        'register_all_modules()\n'
+        f"m = MODELS.build(dict(type='mmsape.PosEncViT', arch={TINY!r}, img_size=32,\n"
+        "                  patch_size=8, pos_encoding=dict(type='SaPE2')))\n"
+        "print(type(m).__module__, type(m.pos_encoding).__name__)\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['mmsape.models.backbones.pos_enc_vit', 'SaPE2']
+
+
+def test_scoped_neck_and_norm_from_mmdet():
+    result = run_fresh(
+        'from mmdet.utils import register_all_modules\n'
+        'register_all_modules()\n'
+        'from mmdet.registry import MODELS\n'
+        'from mmcv.cnn import build_norm_layer\n'
+        "neck = MODELS.build(dict(type='mmsape.SimpleFPN', in_channels=32, out_channels=8))\n"
+        "name, norm = build_norm_layer(dict(type='mmsape.LN2d'), 8)\n"
+        'print(type(neck).__name__, type(norm).__name__, name)\n')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['SimpleFPN', 'LayerNorm2d', 'ln']
+
+
+def test_plain_names_in_mmsape_scope():
+    from mmsape.registry import MODELS
+    from mmsape.utils import register_all_modules
+    register_all_modules()
+    model = MODELS.build(dict(type='PosEncViT', arch=TINY, img_size=32, patch_size=8,
+                              pos_encoding=dict(type='PEG')))
+    assert type(model.pos_encoding).__name__ == 'PEG'
+
+
+def test_unknown_encoding_lists_registered_ones():
+    from mmsape.models.pos_encodings import build_pos_encoding
+    with pytest.raises(KeyError) as error:
+        build_pos_encoding(dict(type='mmsape.Sape3'), embed_dims=32, num_heads=4, num_layers=2)
+    message = str(error.value)
+    assert "'mmsape.Sape3'" in message
+    for name in ('CoPE1D', 'LearnedAPE', 'NoPositionEncoding', 'PEG', 'RoPE2D', 'SaPE2',
+                 'SinCos2DPositionEncoding'):
+        assert name in message
+
+
+def test_unknown_backbone_names_the_registry():
+    result = run_fresh(
+        'from mmdet.registry import MODELS\n'
+        "MODELS.build(dict(type='mmsape.PosEncVit'))\n")
+    assert result.returncode != 0
+    assert 'PosEncVit' in result.stderr and 'not in the' in result.stderr
