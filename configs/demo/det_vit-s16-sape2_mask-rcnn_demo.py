@@ -1,0 +1,110 @@
+# Demo: a small ViTDet-style Mask R-CNN (SaPE2 ViT, window attention with a
+# global last block, SimpleFPN) trained on CPU in minutes on the generated
+# COCO-format set. Same structure as configs/mask_rcnn/, scaled down.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
+
+data_root = 'data/demo/coco/'
+classes = ('green_disc', 'top_disc', 'bottom_disc', 'bar')
+embed_dims, channels = 96, 64
+norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmsape.PosEncViT',
+        arch=dict(embed_dims=embed_dims, num_layers=4, num_heads=3,
+                  feedforward_channels=2 * embed_dims),
+        img_size=(192, 384),
+        patch_size=16,
+        with_cls_token=False,
+        out_type='featmap',
+        out_indices=(3, ),
+        window_size=8,
+        global_attn_indexes=(1, 3),
+        final_norm=False,
+        pos_encoding=dict(type='mmsape.SaPE2', num_positions=10)),
+    neck=dict(
+        _delete_=True,
+        type='mmsape.SimpleFPN',
+        in_channels=embed_dims,
+        out_channels=channels,
+        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        num_outs=5),
+    rpn_head=dict(in_channels=channels, feat_channels=channels, num_convs=2),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=channels),
+        bbox_head=dict(type='Shared4Conv1FCBBoxHead', in_channels=channels,
+                       conv_out_channels=channels, fc_out_channels=256,
+                       num_classes=len(classes), norm_cfg=norm_cfg),
+        mask_roi_extractor=dict(out_channels=channels),
+        mask_head=dict(in_channels=channels, conv_out_channels=channels,
+                       num_classes=len(classes), norm_cfg=norm_cfg)),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=600, max_per_img=300),
+        rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+
+# Resize, no crops: a crop could move a disc across the image's midline, which
+# decides its class. Batches mix image sizes (padded by the data preprocessor).
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomResize', scale=(384, 192), ratio_range=(0.8, 1.2), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(384, 192), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+dataset = dict(type='CocoDataset', data_root=data_root, metainfo=dict(classes=classes))
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_sampler=None,
+    dataset=dict(**dataset, ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/'),
+                 filter_cfg=dict(filter_empty_gt=True, min_size=4), pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**dataset, ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/'), test_mode=True, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+                     metric=['bbox', 'segm'], format_only=False)
+test_evaluator = val_evaluator
+
+max_iters = 300
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.,
+                       custom_keys={'pos_encoding': dict(decay_mult=0.)}),
+    clip_grad=dict(max_norm=5.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.8)], gamma=0.1),
+]
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
