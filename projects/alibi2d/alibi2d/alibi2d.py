@@ -11,8 +11,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from mmsape.models.pos_encodings.base import (BasePositionEncoding, TokenGrid,
-                                              attention_with_bias, layers_from_option)
+from mmsape.models.pos_encodings.base import (
+    BasePositionEncoding,
+    TokenGrid,
+    attention_with_bias,
+    layers_from_option,
+)
 from mmsape.registry import POS_ENCODINGS
 
 
