@@ -26,7 +26,7 @@ def main() -> int:
     failed = False
     for label, module, hint in CHECKS:
         try:
-            mod = importlib.import_module(module)
+            importlib.import_module(module)
             top = sys.modules[module.split('.')[0]]
             print(f'  ok  {label:<18} {getattr(top, "__version__", "")}')
         except Exception as exc:  # noqa: BLE001 - report every failure kind
