@@ -108,3 +108,4 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
+custom_hooks = [dict(type='mmsape.ProgressBarHook')]

@@ -127,3 +127,4 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)
+custom_hooks = [dict(type='mmsape.ProgressBarHook')]
