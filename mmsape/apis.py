@@ -44,12 +44,34 @@ def prepare_scope(cfg: Config) -> str:
     patch_mmengine_checkpointing()
 
     if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
-        dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
-        if dist_cfg.get('backend', 'nccl') == 'nccl':
-            print_log('No GPU: using the gloo backend for distributed training.',
-                      logger='current')
-            dist_cfg['backend'] = 'gloo'
+        init_cpu_process_group(cfg)
     return scope
+
+
+def init_cpu_process_group(cfg: Config) -> None:
+    """Start the process group with gloo on machines without GPUs.
+
+    MMEngine 0.10.7's 'pytorch' launcher calls ``torch.cuda.set_device``
+    unconditionally, which fails without a GPU (the Runner skips its own
+    initialisation when a process group already exists), and wraps the model
+    in DDP with ``device_ids``, which torch rejects for CPU modules.
+    """
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'launcher={cfg.launcher!r} needs GPUs; on CPU-only machines use '
+                         f'torchrun with --launcher pytorch (gloo backend).')
+    if dist.is_initialized():
+        return
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        print_log('No GPU: using the gloo backend for distributed training.',
+                  logger='current')
+        dist_cfg['backend'] = 'gloo'
+    dist.init_process_group(backend='gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='mmsape.CPUDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -9,13 +9,17 @@ into it), while mmsape's own configs use plain names under
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 #: Backbones, necks and other ``nn.Module`` s.
-MODELS = Registry('model', parent=MMENGINE_MODELS, locations=['mmsape.models'])
+# mmsape.models.detectors needs mmdet, so it is a location of its own rather
+# than an import of mmsape.models (classification needs no mmdet).
+MODELS = Registry('model', parent=MMENGINE_MODELS,
+                  locations=['mmsape.models', 'mmsape.models.detectors'])
 #: Position encodings, built by the backbone from its ``pos_encoding`` config.
 #: A root of its own: third parties register new encodings here (see projects/).
 POS_ENCODINGS = Registry(
@@ -28,3 +32,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor',
     parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     locations=['mmsape.engine'])
+MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS,
+                          locations=['mmsape.engine'])

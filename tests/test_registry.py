@@ -67,3 +67,13 @@ def test_unknown_backbone_names_the_registry():
         "MODELS.build(dict(type='mmsape.PosEncVit'))\n")
     assert result.returncode != 0
     assert 'PosEncVit' in result.stderr and 'not in the' in result.stderr
+
+
+def test_options_of_another_encoding_are_named():
+    """Swapping only pos_encoding.type leaves the old encoding's options behind:
+    the error names them and says what to do."""
+    from mmsape.models.pos_encodings import build_pos_encoding
+    with pytest.raises(TypeError, match=r'LearnedAPE does not take the option\(s\) '
+                                        r'num_positions.*remove them'):
+        build_pos_encoding(dict(type='LearnedAPE', num_positions=10), embed_dims=32,
+                           num_heads=4, num_layers=2)

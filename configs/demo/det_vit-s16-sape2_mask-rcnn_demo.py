@@ -5,7 +5,8 @@ _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
+                      allow_failed_imports=False)
 
 data_root = 'data/demo/coco/'
 classes = ('green_disc', 'top_disc', 'bottom_disc', 'bar')
@@ -13,6 +14,8 @@ embed_dims, channels = 96, 64
 norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
 
 model = dict(
+    # mmdet's Mask R-CNN, with the batch padding mask passed to the backbone (PEG)
+    type='mmsape.PaddingAwareMaskRCNN',
     backbone=dict(
         _delete_=True,
         type='mmsape.PosEncViT',
@@ -26,7 +29,7 @@ model = dict(
         window_size=8,
         global_attn_indexes=(1, 3),
         final_norm=False,
-        pos_encoding=dict(type='mmsape.SaPE2', num_positions=10)),
+        pos_encoding=dict(type='mmsape.SaPE2')),
     neck=dict(
         _delete_=True,
         type='mmsape.SimpleFPN',
@@ -99,8 +102,7 @@ param_scheduler = [
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
          milestones=[int(max_iters * 0.8)], gamma=0.1),
 ]
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
-                 val_interval=max_iters)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
@@ -108,4 +110,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
-custom_hooks = [dict(type='mmsape.ProgressBarHook')]
+# progress bars, and torch's RNG state in checkpoints so a resumed run repeats an
+# uninterrupted one exactly
+custom_hooks = [dict(type='mmsape.ProgressBarHook'), dict(type='mmsape.TorchRNGStateHook')]

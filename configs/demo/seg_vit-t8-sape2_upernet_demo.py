@@ -31,9 +31,9 @@ model = dict(
         out_type='featmap',
         out_indices=(0, 1, 2, 3),
         final_norm=False,
-        pos_encoding=dict(type='mmsape.SaPE2', num_positions=10)),
+        pos_encoding=dict(type='mmsape.SaPE2')),
     neck=dict(type='MultiLevelNeck', in_channels=[embed_dims] * 4, out_channels=embed_dims,
-              scales=[4, 2, 1, 0.5]),
+              scales=[2, 1, 0.5, 0.25]),  # patch 8: strides 4, 8, 16, 32
     decode_head=dict(
         type='UPerHead',
         in_channels=[embed_dims] * 4,
@@ -127,4 +127,6 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)
-custom_hooks = [dict(type='mmsape.ProgressBarHook')]
+# progress bars, and torch's RNG state in checkpoints so a resumed run repeats an
+# uninterrupted one exactly
+custom_hooks = [dict(type='mmsape.ProgressBarHook'), dict(type='mmsape.TorchRNGStateHook')]

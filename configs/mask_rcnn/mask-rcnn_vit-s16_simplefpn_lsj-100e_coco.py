@@ -6,11 +6,14 @@ _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::common/lsj-100e_coco-instance.py',
 ]
-custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
+                      allow_failed_imports=False)
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
 model = dict(
+    # mmdet's Mask R-CNN, with the batch padding mask passed to the backbone (PEG)
+    type='mmsape.PaddingAwareMaskRCNN',
     data_preprocessor=dict(
         pad_size_divisor=32,
         batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),

@@ -2,9 +2,12 @@
 # SimpleFPN giving strides 8-128. The retinanet_vit-s16-<encoding>_* files
 # change only the position encoding.
 _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
-custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
+                      allow_failed_imports=False)
 
 model = dict(
+    # mmdet's RetinaNet, with the batch padding mask passed to the backbone (PEG)
+    type='mmsape.PaddingAwareRetinaNet',
     backbone=dict(
         _delete_=True,
         type='mmsape.PosEncViT',

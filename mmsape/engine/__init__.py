@@ -1,5 +1,9 @@
 """Hooks and optimizer constructors registered in the mmsape scope."""
-from .hooks import ProgressBarHook
+from .hooks import ProgressBarHook, TorchRNGStateHook
 from .optimizers import LayerDecayOptimWrapperConstructor
+from .wrappers import CPUDistributedDataParallel
 
-__all__ = ['LayerDecayOptimWrapperConstructor', 'ProgressBarHook']
+__all__ = [
+    'CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'ProgressBarHook',
+    'TorchRNGStateHook'
+]

@@ -1,2 +1,4 @@
-# SaPE2 as the reference decides (M=10, query form, gate scaling, + sign), in every layer.
-pos_encoding = dict(type='mmsape.SaPE2', num_positions=10, embed_with='query')
+# SaPE2 with the reference's decided defaults (M=10 positions per axis, query
+# form, gate scaling, + sign, every layer). Only `type` is set so that
+# --cfg-options model.backbone.pos_encoding.type=... swaps cleanly.
+pos_encoding = dict(type='mmsape.SaPE2')

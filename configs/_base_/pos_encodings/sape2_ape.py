@@ -1,3 +1,2 @@
 # The SaPE2 paper's best setting: SaPE2 plus a learned absolute embedding.
-pos_encoding = [dict(type='mmsape.LearnedAPE'),
-                dict(type='mmsape.SaPE2', num_positions=10, embed_with='query')]
+pos_encoding = [dict(type='mmsape.LearnedAPE'), dict(type='mmsape.SaPE2')]

@@ -1,5 +1,6 @@
 """Build a backbone's position encoding from its config (dict or list of dicts)."""
-from typing import List, Union
+import inspect
+from typing import List, Set, Union
 
 from torch import nn
 
@@ -33,16 +34,42 @@ def build_pos_encoding(cfg: Union[dict, list, tuple, None],
         raise TypeError(f'pos_encoding must be a dict with a "type" key (or a list '
                         f'of such dicts), got {cfg!r}. Registered types: '
                         f'{", ".join(registered_pos_encodings())}.')
-    type_name = cfg['type']
-    if isinstance(type_name, str):
-        name = type_name.split('.')[-1] if type_name.startswith('mmsape.') else type_name
+    encoding_cls = cfg['type']
+    if isinstance(encoding_cls, str):
+        name = encoding_cls[len('mmsape.'):] if encoding_cls.startswith('mmsape.') else encoding_cls
         if name not in registered_pos_encodings():
             raise KeyError(
-                f'Unknown position encoding {type_name!r}. Registered position '
+                f'Unknown position encoding {encoding_cls!r}. Registered position '
                 f'encodings: {", ".join(registered_pos_encodings())}. Third-party '
                 f'encodings must be imported first (custom_imports in the config).')
-        cfg = dict(cfg, type=name)
-    return POS_ENCODINGS.build(cfg, default_args=backbone_args)
+        # Instantiated here rather than with POS_ENCODINGS.build: build() switches
+        # to the caller's default scope (mmdet, mmseg, ...), which this registry
+        # tree does not have, and MMEngine would warn for every backbone.
+        encoding_cls = POS_ENCODINGS.get(name)
+    options = {k: v for k, v in cfg.items() if k != 'type'}
+    unknown = sorted(set(options) - accepted_options(encoding_cls))
+    if unknown:
+        raise TypeError(
+            f'{encoding_cls.__name__} does not take the option(s) {", ".join(unknown)}; it '
+            f'takes {", ".join(sorted(accepted_options(encoding_cls) - set(backbone_args)))}. '
+            f'Options of another encoding remain when only pos_encoding.type is changed: '
+            f'remove them from the config too.')
+    return encoding_cls(**{**backbone_args, **options})
+
+
+def accepted_options(encoding_cls: type) -> Set[str]:
+    """Keyword arguments ``encoding_cls(...)`` accepts, following ``**kwargs``
+    up the class hierarchy."""
+    names: Set[str] = set()
+    for klass in encoding_cls.__mro__:
+        if '__init__' not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != 'self'}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 @POS_ENCODINGS.register_module()

@@ -22,7 +22,7 @@ def test_half_scale_level_is_max_pool_then_convs():
     """The 0.5x level equals the 1x/1x conv stack applied to a max-pooled input."""
     torch.manual_seed(0)
     neck = SimpleFPN(in_channels=4, out_channels=4, scale_factors=(1.0, 0.5), num_outs=2)
-    neck.stages[1][1:].load_state_dict(neck.stages[0].state_dict())
+    torch.nn.Sequential(*neck.stages[1][1:]).load_state_dict(neck.stages[0].state_dict())
     feature = torch.rand(1, 4, 6, 8)
     _, half = neck((feature, ))
     torch.testing.assert_close(half, neck.stages[0](F.max_pool2d(feature, 2)))
