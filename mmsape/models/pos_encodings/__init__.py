@@ -1,7 +1,6 @@
 from .absolute import LearnedAPE, NoPositionEncoding, SinCos2DPositionEncoding
 from .base import BasePositionEncoding, TokenGrid
-from .builder import (PositionEncodingStack, build_pos_encoding,
-                      registered_pos_encodings)
+from .builder import PositionEncodingStack, build_pos_encoding, registered_pos_encodings
 from .cope import CoPE1D
 from .peg import PEG
 from .rope import RoPE2D

@@ -1,8 +1,8 @@
 """Tests of SaPE² (2D Semantic-Aware Position Encoding).
 
-The reference below is written from the equations of docs/position-encodings.md
-section 1 with explicit loops over tokens, in float64, and shares no code with
-the module under test.
+The reference below is written from the equations of the project's method
+reference (position-encodings.md, section 1) with explicit loops over tokens, in
+float64, and shares no code with the module under test.
 """
 import itertools
 import math
