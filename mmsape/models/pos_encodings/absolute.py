@@ -71,6 +71,8 @@ class LearnedAPE(BasePositionEncoding):
         >>> pe.encode_tokens(x, TokenGrid(3, 8, num_prefix=1)).shape
         torch.Size([2, 25, 32])
     """
+    # Learned position tables are not decayed (DeiT, mmseg's ViT recipes).
+    exclude_from_weight_decay = True
 
     # Key under which the saved state dict's metadata records the table's grid.
     _GRID_METADATA_KEY = 'pos_embed_grid'
@@ -140,8 +142,6 @@ class LearnedAPE(BasePositionEncoding):
         prefix = prefix + self.prefix_pos_embed.to(prefix.dtype)
         return torch.cat([prefix, patches], dim=1)
 
-    def no_weight_decay(self) -> set[str]:
-        return {name for name, _ in self.named_parameters()}
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, base_grid={self.base_grid}, '

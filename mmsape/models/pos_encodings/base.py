@@ -79,6 +79,14 @@ class BasePositionEncoding(BaseModule):
     #: True when the encoding changes attention; the backbone then routes every
     #: layer's attention through :meth:`attention`.
     acts_in_attention: bool = False
+    #: Name of a per-block container (keyed by block index, e.g. a ModuleDict
+    #: 'convs' holding '0', '3') whose entries belong to that block: parameters
+    #: named '<per_block_attr>.<block>...' follow the block in layer-wise lr
+    #: decay and ``frozen_stages``.
+    per_block_attr: Optional[str] = None
+    #: True when every parameter is a position table / filter that its paper
+    #: trains without weight decay (APE tables, PEG, RoPE-ViT frequencies).
+    exclude_from_weight_decay: bool = False
 
     def __init__(self,
                  embed_dims: int,
@@ -123,13 +131,21 @@ class BasePositionEncoding(BaseModule):
 
     def no_weight_decay(self) -> Set[str]:
         """Parameter names (relative to this module) to exclude from weight decay."""
+        if self.exclude_from_weight_decay:
+            return {name for name, _ in self.named_parameters()}
         return set()
 
     def layer_index_of(self, param_name: str) -> Optional[int]:
-        """Block whose attention a parameter belongs to, for layer-wise lr decay.
+        """Block a parameter belongs to, for layer-wise lr decay and freezing.
 
-        ``None`` (the default) puts it with the patch embedding, at depth 0.
+        ``None`` puts it with the patch embedding, at depth 0; see
+        :attr:`per_block_attr` for the default mapping.
         """
+        container, _, rest = param_name.partition('.')
+        index = rest.split('.')[0]
+        if self.per_block_attr is not None and container == self.per_block_attr \
+                and index.isdigit():
+            return int(index)
         return None
 
     def check_compatible(self, *, window_size: int, with_cls_token: bool) -> None:

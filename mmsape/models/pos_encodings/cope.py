@@ -56,6 +56,9 @@ class CoPE1D(BasePositionEncoding):
     """
 
     acts_in_attention = True
+    # Position tables, like pos_embed, are not decayed.
+    exclude_from_weight_decay = True
+    per_block_attr = 'position_embeds'
 
     def __init__(self,
                  embed_dims: int,
@@ -126,15 +129,7 @@ class CoPE1D(BasePositionEncoding):
         bias = F.pad(bias, (num_prefix, 0, num_prefix, 0))
         return attention_with_bias(q, k, v, bias, dropout_p=dropout_p)
 
-    def no_weight_decay(self) -> set[str]:
-        # Position tables, like pos_embed, are not decayed.
-        return {name for name, _ in self.named_parameters()}
 
-    def layer_index_of(self, param_name: str) -> int | None:
-        parts = param_name.split('.')
-        if len(parts) == 2 and parts[0] == 'position_embeds' and parts[1].isdigit():
-            return int(parts[1])
-        return None
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, num_positions={self.num_positions}, '

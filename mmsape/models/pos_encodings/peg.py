@@ -57,6 +57,9 @@ class PEG(BasePositionEncoding):
         >>> torch.equal(peg.after_block(2, x, TokenGrid(3, 5, num_prefix=1)), x)
         True
     """
+    # CPVT trains the PEG without weight decay; convs.<block> runs as that block's tail.
+    exclude_from_weight_decay = True
+    per_block_attr = 'convs'
 
     def __init__(self,
                  embed_dims: int,
@@ -114,16 +117,7 @@ class PEG(BasePositionEncoding):
             encoded = torch.where(pad_mask, grid_to_map(patches, grid), encoded)
         return torch.cat([prefix, map_to_grid(encoded)], dim=1)
 
-    def no_weight_decay(self) -> set[str]:
-        # CPVT trains the PEG without weight decay.
-        return {name for name, _ in self.named_parameters()}
 
-    def layer_index_of(self, param_name: str) -> int | None:
-        # 'convs.<block>.weight': the conv runs as the tail of block <block>.
-        parts = param_name.split('.')
-        if len(parts) >= 2 and parts[0] == 'convs' and parts[1].isdigit():
-            return int(parts[1])
-        return None
 
     def check_compatible(self, *, window_size: int, with_cls_token: bool) -> None:
         if window_size > 0 and not self.mask_padding:

@@ -66,6 +66,9 @@ class RoPE2D(BasePositionEncoding):
     """
 
     acts_in_attention = True
+    # RoPE-ViT excludes the mixed frequencies from weight decay.
+    exclude_from_weight_decay = True
+    per_block_attr = 'freqs'
 
     def __init__(self,
                  embed_dims: int,
@@ -153,15 +156,7 @@ class RoPE2D(BasePositionEncoding):
             k = self.rotate(layer_index, k, grid)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
-    def no_weight_decay(self) -> set[str]:
-        # RoPE-ViT excludes the mixed frequencies from weight decay.
-        return {name for name, _ in self.named_parameters()}
 
-    def layer_index_of(self, param_name: str) -> int | None:
-        parts = param_name.split('.')
-        if len(parts) == 2 and parts[0] == 'freqs' and parts[1].isdigit():
-            return int(parts[1])
-        return None
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, mode={self.mode!r}, theta={self.theta}, '
