@@ -1,5 +1,7 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: scope set-up and the Runner."""
+"""What ``tools/train.py`` and ``tools/test.py`` share: config, scope set-up, Runner."""
 import importlib
+import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -14,6 +16,24 @@ SCOPE_PACKAGES = {
     'mmpretrain': 'mmpretrain',
     'mmsape': 'mmsape',
 }
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = 'none',
+                work_dir: Optional[str] = None) -> Config:
+    """Read a config, apply ``--cfg-options``, and prepare its scope.
+
+    ``work_dir`` defaults to ``./work_dirs/<config name>`` as in mmdet / mmseg.
+    """
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    prepare_scope(cfg)
+    return cfg
 
 
 def prepare_scope(cfg: Config) -> str:

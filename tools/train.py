@@ -13,12 +13,13 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+import torch
+from mmengine.config import DictAction
 
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mmsape.apis import build_runner, prepare_scope  # noqa: E402
+from mmsape.apis import build_runner, load_config  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,18 +45,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    prepare_scope(cfg)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
+        if not torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA GPU (MMEngine\'s AmpOptimWrapper does not run '
+                             'on the CPU); run without --amp.')
         optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if optim_wrapper == 'AmpOptimWrapper':
             print('AMP is already enabled in the config.')
