@@ -26,7 +26,7 @@ model = dict(
         type='mmsape.PosEncViT',
         arch=dict(embed_dims=embed_dims, num_layers=4, num_heads=3,
                   feedforward_channels=2 * embed_dims),
-        img_size=(160, 240),
+        img_size=(128, 192),
         patch_size=8,
         out_type='featmap',
         out_indices=(0, 1, 2, 3),
@@ -66,14 +66,14 @@ model = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(320, 160), ratio_range=(0.8, 1.2), keep_ratio=True),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.8, 1.2), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(320, 160), keep_ratio=True),
+    dict(type='Resize', scale=(256, 128), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]

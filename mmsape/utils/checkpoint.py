@@ -34,8 +34,12 @@ After the patch, ``Runner.save_checkpoint`` (and ``CheckpointHook``) write
 local checkpoints atomically, and every local-path load made by MMEngine
 (``Runner.load_checkpoint``, ``resume``, ``load_from``,
 :func:`mmengine.runner.load_checkpoint`) goes through
-:func:`load_checkpoint_safely`. Non-local backends (``pavi://``, ``s3://``,
-``http(s)://`` ...) are left exactly as MMEngine implements them.
+:func:`load_checkpoint_safely`. So do ``http(s)://`` URLs (and the
+``torchvision://``, ``open-mmlab://``, ``mmcls://`` names that resolve to
+them): MMEngine's ``load_from_http`` unpickles the download without
+``weights_only``; :func:`load_from_http_safely` downloads into the torch hub
+cache and loads the file like a local one. Other backends (``pavi://``,
+``s3://`` ...) are left exactly as MMEngine implements them.
 
 Requires torch >= 2.6 (``torch.serialization.add_safe_globals`` with
 ``(object, "module.name")`` tuples).
@@ -50,16 +54,18 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Callable, List, Optional, Tuple, Union
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
 
 __all__ = [
     'CheckpointError', 'CorruptCheckpointError', 'UnsafeCheckpointError',
     'mmengine_checkpoint_safe_globals', 'allow_mmengine_checkpoint_types',
     'load_checkpoint_safely', 'atomic_save', 'save_checkpoint_atomically',
-    'load_from_local_safely', 'patch_mmengine_checkpointing',
+    'load_from_local_safely', 'load_from_http_safely', 'patch_mmengine_checkpointing',
     'format_state_dict_report'
 ]
 
@@ -459,6 +465,91 @@ def load_from_local_safely(filename: str, map_location: MapLocation = None) -> A
     return load_checkpoint_safely(osp.expanduser(filename), map_location=map_location)
 
 
+def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool) -> str:
+    """Download ``url`` once into ``model_dir`` (``<torch hub dir>/checkpoints``).
+
+    Same cache layout as MMEngine's ``load_url`` / ``torch.hub.load_state_dict_from_url``
+    (the file name is the URL's last path component), so files MMEngine already
+    downloaded are reused. ``torch.hub.download_url_to_file`` writes to a temporary
+    file and renames it, so an interrupted download leaves no partial file.
+    """
+    if model_dir is None:
+        model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    filename = osp.basename(urlparse(url).path)
+    if not filename:
+        raise ValueError(f'Cannot tell a checkpoint file name from the URL {url!r}; it '
+                         'should end with the file name, e.g. https://host/model.pth.')
+    cached_file = osp.join(model_dir, filename)
+    if not osp.exists(cached_file):
+        sys.stderr.write(f'Downloading: "{url}" to {cached_file}\n')
+        torch.hub.download_url_to_file(url, cached_file, None, progress=progress)
+    return cached_file
+
+
+def _unpack_legacy_zip(cached_file: str) -> str:
+    """Path of the checkpoint inside a legacy one-file zip (old torchvision
+    releases), extracted next to it; ``cached_file`` itself otherwise."""
+    if not zipfile.is_zipfile(cached_file):
+        return cached_file
+    with zipfile.ZipFile(cached_file) as archive:
+        members = archive.infolist()
+        # torch.save's own zip format always holds several entries.
+        if len(members) != 1 or members[0].is_dir():
+            return cached_file
+        directory = osp.dirname(cached_file)
+        extracted = osp.realpath(osp.join(directory, members[0].filename))
+        if osp.dirname(extracted) != osp.realpath(directory):
+            raise _corrupt_error(cached_file, f'the zip member {members[0].filename!r} '
+                                 'would be extracted outside the cache directory')
+        archive.extract(members[0], directory)
+    return extracted
+
+
+def load_from_http_safely(filename: str,
+                          map_location: MapLocation = None,
+                          model_dir: Optional[str] = None,
+                          progress: bool = os.isatty(0)) -> Any:
+    """Drop-in for MMEngine's ``http://`` / ``https://`` checkpoint scheme.
+
+    MMEngine's ``load_from_http`` hands the download to
+    ``torch.hub.load_state_dict_from_url``, which unpickles it with
+    ``weights_only=False``: a file from the internet could run any code. This
+    downloads the file (rank 0 first, then the other ranks reuse the cache, as
+    MMEngine does) and loads it with :func:`load_checkpoint_safely`.
+
+    Args:
+        filename (str): The URL.
+        map_location (str | torch.device | dict | Callable, optional): Same
+            as :func:`torch.load`. Defaults to None.
+        model_dir (str, optional): Download directory. Defaults to
+            ``<torch.hub.get_dir()>/checkpoints``.
+        progress (bool): Show a download progress bar. Defaults to whether
+            stdin is a terminal (as MMEngine).
+
+    Returns:
+        Any: The loaded checkpoint.
+
+    Raises:
+        UnsafeCheckpointError: The download holds non-data objects.
+        CorruptCheckpointError: The cached download is not a valid checkpoint.
+    """
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        cached_file = _download_to_hub_cache(filename, model_dir, progress)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            cached_file = _download_to_hub_cache(filename, model_dir, progress)
+    try:
+        return load_checkpoint_safely(_unpack_legacy_zip(cached_file),
+                                      map_location=map_location)
+    except CheckpointError as error:
+        hint = (' Delete the cached file to download it again.'
+                if isinstance(error, CorruptCheckpointError) else '')
+        raise type(error)(f'{error} (downloaded from {filename}).{hint}') from None
+
+
 def patch_mmengine_checkpointing() -> None:
     """Make MMEngine save atomically and load safely. Idempotent.
 
@@ -471,6 +562,11 @@ def patch_mmengine_checkpointing() -> None:
       :func:`load_from_local_safely`: MMEngine calls ``torch.load`` without
       ``weights_only``, which on torch >= 2.6 means ``True`` without the
       allowlist MMEngine's own checkpoints need.
+    * The ``http://`` / ``https://`` scheme and
+      ``mmengine.runner.checkpoint.load_from_http`` (which the
+      ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` loaders call) are
+      replaced by :func:`load_from_http_safely`: MMEngine fully unpickles
+      downloads.
     """
     global _mmengine_save_checkpoint
     import mmengine.runner  # noqa: F401  (binds the modules patched below)
@@ -489,6 +585,9 @@ def patch_mmengine_checkpointing() -> None:
     mmengine_checkpoint.load_from_local = load_from_local_safely
     mmengine_checkpoint.CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local_safely, force=True)
+    mmengine_checkpoint.load_from_http = load_from_http_safely
+    mmengine_checkpoint.CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=load_from_http_safely, force=True)
     allow_mmengine_checkpoint_types()
 
 

@@ -3,11 +3,13 @@
 import contextlib
 import os
 import os.path as osp
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +32,7 @@ from mmsape.utils.checkpoint import (
     atomic_save,
     format_state_dict_report,
     load_checkpoint_safely,
+    load_from_http_safely,
     load_from_local_safely,
     mmengine_checkpoint_safe_globals,
     patch_mmengine_checkpointing,
@@ -51,6 +54,7 @@ def restored_global_state() -> Iterator[None]:
         for name in ckpt_utils._MODULES_BINDING_SAVE_CHECKPOINT if name in sys.modules
     }
     load_from_local = mmengine_checkpoint.load_from_local
+    load_from_http = mmengine_checkpoint.load_from_http
     schemes = mmengine_checkpoint.CheckpointLoader._schemes
     original_save = ckpt_utils._mmengine_save_checkpoint
     safe_globals = torch.serialization.get_safe_globals()
@@ -60,6 +64,7 @@ def restored_global_state() -> Iterator[None]:
         for name, function in bindings.items():
             sys.modules[name].save_checkpoint = function
         mmengine_checkpoint.load_from_local = load_from_local
+        mmengine_checkpoint.load_from_http = load_from_http
         mmengine_checkpoint.CheckpointLoader._schemes = schemes
         ckpt_utils._mmengine_save_checkpoint = original_save
         torch.serialization.clear_safe_globals()
@@ -432,7 +437,7 @@ def test_patch_is_idempotent() -> None:
     import mmengine.runner
     import mmengine.runner.runner
     mmengine_save = mmengine_checkpoint.save_checkpoint
-    http_loader = mmengine_checkpoint.CheckpointLoader._get_checkpoint_loader('https://x/y.pth')
+    pavi_loader = mmengine_checkpoint.CheckpointLoader._get_checkpoint_loader('pavi://x/y.pth')
 
     patch_mmengine_checkpointing()
     patch_mmengine_checkpointing()
@@ -442,7 +447,137 @@ def test_patch_is_idempotent() -> None:
         assert module.save_checkpoint is save_checkpoint_atomically
     loader = mmengine_checkpoint.CheckpointLoader._get_checkpoint_loader
     assert loader('/some/file.pth') is load_from_local_safely
-    assert loader('https://x/y.pth') is http_loader  # non-local schemes untouched
+    assert loader('https://x/y.pth') is load_from_http_safely
+    assert loader('http://x/y.pth') is load_from_http_safely
+    assert mmengine_checkpoint.load_from_http is load_from_http_safely
+    assert loader('pavi://x/y.pth') is pavi_loader  # other schemes untouched
+
+
+# ---------------------------------------------------------------------------
+# Remote (http/https) checkpoints: downloaded, then loaded like local files.
+# No network: ``torch.hub.download_url_to_file`` copies files of a fake server.
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def fake_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``{url: local file}`` served by a fake ``download_url_to_file``; the hub
+    cache is ``tmp_path/hub``. ``downloads`` records every fetched URL."""
+    served, downloads = {}, []
+
+    def download_url_to_file(url, dst, hash_prefix=None, progress=True):
+        assert url in served, f'unexpected download of {url}'
+        downloads.append(url)
+        shutil.copyfile(served[url], dst)
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download_url_to_file)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    return dict(files=served, downloads=downloads, cache=tmp_path / 'hub' / 'checkpoints')
+
+
+def record_weights_only(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The ``weights_only`` argument of every ``torch.load`` call."""
+    calls = []
+    original_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get('weights_only'))
+        return original_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', recording_load)
+    return calls
+
+
+def test_http_checkpoint_is_downloaded_once_and_loaded_safely(
+        tmp_path: Path, fake_server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = ToyModel()
+    path = tmp_path / 'served.pth'
+    torch.save({'state_dict': source.state_dict(), 'meta': {'epoch': 1}}, path)
+    url = 'https://download.example.com/toy/toy_20240101-0123abcd.pth'
+    fake_server['files'][url] = path
+    patch_mmengine_checkpointing()
+    weights_only = record_weights_only(monkeypatch)
+
+    for _ in range(2):
+        model = ToyModel()
+        mmengine_checkpoint.load_checkpoint(model, url, map_location='cpu')
+        for key, value in source.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value)
+    assert fake_server['downloads'] == [url]  # the second load reads the cache
+    assert (fake_server['cache'] / 'toy_20240101-0123abcd.pth').is_file()
+    assert weights_only == [True, True]
+
+
+def test_http_runner_checkpoint_keeps_its_training_state(runner_checkpoint: dict,
+                                                         fake_server: dict) -> None:
+    """Full Runner checkpoints (message hub, numpy, optimizer) need the allowlist."""
+    url = 'http://example.com/work_dirs/iter_3.pth'
+    fake_server['files'][url] = runner_checkpoint['path']
+    patch_mmengine_checkpointing()
+    checkpoint = mmengine_checkpoint.CheckpointLoader.load_checkpoint(url)
+    assert checkpoint['meta']['iter'] == MAX_ITERS
+    assert isinstance(checkpoint['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
+
+
+@pytest.mark.parametrize('name_kind', ['https', 'open-mmlab', 'mmcls'])
+def test_malicious_download_is_refused(tmp_path: Path, fake_server: dict,
+                                       name_kind: str) -> None:
+    """Also for the names MMEngine resolves to URLs (``open-mmlab://``, ...)."""
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'x': ShellPayload(marker)}, evil)
+    name, url = {
+        'https': ('https://example.com/evil.pth', 'https://example.com/evil.pth'),
+        'open-mmlab': ('open-mmlab://vgg16_caffe',
+                       mmengine_checkpoint.get_external_models()['vgg16_caffe']),
+        'mmcls': ('mmcls://vgg11', mmengine_checkpoint.get_mmcls_models()['vgg11']),
+    }[name_kind]
+    fake_server['files'][url] = evil
+    patch_mmengine_checkpointing()
+
+    with pytest.raises(UnsafeCheckpointError) as error:
+        mmengine_checkpoint._load_checkpoint(name)
+    message = str(error.value)
+    assert 'refused for safety' in message and f'downloaded from {url}' in message
+    assert str(fake_server['cache']) in message  # names the cached file
+    assert fake_server['downloads'] == [url]
+    assert not marker.exists()
+
+
+def test_unpatched_mmengine_runs_code_from_downloads(tmp_path: Path,
+                                                     fake_server: dict) -> None:
+    """Control: the hole the patch closes is real with these versions."""
+    from mmengine.utils.dl_utils import load_url  # what MMEngine's load_from_http calls
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'x': ShellPayload(marker)}, evil)
+    fake_server['files']['https://example.com/evil.pth'] = evil
+    load_url('https://example.com/evil.pth', model_dir=str(tmp_path / 'unsafe_cache'))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('content', [b'', b'<html>404 Not Found</html>'])
+def test_corrupt_download_names_url_and_cache(tmp_path: Path, fake_server: dict,
+                                              content: bytes) -> None:
+    url = 'https://example.com/models/broken.pth'
+    (tmp_path / 'broken.pth').write_bytes(content)
+    fake_server['files'][url] = tmp_path / 'broken.pth'
+    patch_mmengine_checkpointing()
+    with pytest.raises(CorruptCheckpointError) as error:
+        mmengine_checkpoint._load_checkpoint(url)
+    message = str(error.value)
+    assert str(fake_server['cache'] / 'broken.pth') in message
+    assert f'downloaded from {url}' in message and 'Delete the cached file' in message
+
+
+def test_legacy_zip_download(tmp_path: Path, fake_server: dict) -> None:
+    """Old torchvision releases: a zip holding one legacy-format file."""
+    inner = tmp_path / 'weights.pth'
+    torch.save({'w': torch.arange(3.)}, inner, _use_new_zipfile_serialization=False)
+    archive = tmp_path / 'weights.zip'
+    with zipfile.ZipFile(archive, 'w') as zf:
+        zf.write(inner, 'weights.pth')
+    url = 'https://example.com/weights.zip'
+    fake_server['files'][url] = archive
+    assert torch.equal(load_from_http_safely(url)['w'], torch.arange(3.))
 
 
 # ---------------------------------------------------------------------------

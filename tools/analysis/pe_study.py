@@ -423,7 +423,7 @@ def write_report(args, digits: List[dict], seg: List[dict], wall_s: float) -> st
             f'{CANVAS}x{CANVAS} canvas (background -1); fixed stratified split (1347 train / '
             f'450 test); ViT {"32-d, 2 blocks" if args.quick else "64-d, 4 blocks, 4 heads"}, '
             f'patch {PATCH}, class token (GAP for PEG+GAP); AdamW lr 2e-3, wd 0.05 (none on '
-            f'PE parameters), batch 64, {epochs} epochs, 1 warm-up epoch + cosine, label '
+            f'PE parameters), batch 64, {epochs} epoch(s), 1 warm-up epoch + cosine, label '
             f'smoothing 0.1. Evaluated without fine-tuning: the whole test canvas resized '
             f'(bilinear, antialiased) to each size; "shift" columns translate the digit on '
             f'the 32x32 canvas by (dy, dx) pixels (background fill). Top-1 %, mean ± std '
@@ -479,15 +479,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', default='work_dirs/pe_study',
                         help='checkpoints and runner logs of the segmentation part')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=6, help='digits training epochs')
-    parser.add_argument('--seg-iters', type=int, default=100,
+    parser.add_argument('--epochs', type=int, default=4, help='digits training epochs')
+    parser.add_argument('--seg-iters', type=int, default=60,
                         help='segmentation training iterations')
     parser.add_argument('--encodings', nargs='+', default=list(ENCODINGS),
                         choices=list(ENCODINGS), help='encodings of the digits part')
     parser.add_argument('--seg-encodings', nargs='+', default=list(SEG_ENCODINGS),
                         choices=list(ENCODINGS), help='encodings of the segmentation part')
-    parser.add_argument('--part', choices=('all', 'digits', 'seg'), default='all',
-                        help="'all' runs digits and seg in parallel (one thread each)")
+    parser.add_argument('--part', choices=('all', 'digits', 'seg', 'report'), default='all',
+                        help="'all' runs digits and seg in parallel (one thread each); "
+                        "'report' rewrites README.md from the JSON results in --out")
     parser.add_argument('--no-seg', action='store_true', help='skip the segmentation part')
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: 1 seed, 2 encodings, tiny model, few steps')
@@ -515,6 +516,13 @@ def main(argv=None) -> int:
     if args.part == 'seg':
         run_seg(args)
         return 0
+    if args.part == 'report':
+        loaded = []
+        for part in ('digits', 'seg'):
+            path = osp.join(args.out, f'{part}_results.json')
+            loaded.append(json.load(open(path)) if osp.exists(path) else [])
+        print(write_report(args, *loaded, wall_s=float('nan')))
+        return 0
     start = time.time()
     seg_proc = None
     if not args.no_seg:
@@ -522,6 +530,8 @@ def main(argv=None) -> int:
         child = [sys.executable, osp.abspath(__file__), '--part', 'seg', '--out', args.out,
                  '--work-dir', args.work_dir, '--seg-iters', str(args.seg_iters),
                  '--seeds', *map(str, args.seeds), '--seg-encodings', *args.seg_encodings]
+        if args.quick:
+            child.append('--quick')
         seg_log = open(osp.join(args.work_dir, 'seg_part.log'), 'w')
         seg_proc = subprocess.Popen(child, stdout=seg_log, stderr=subprocess.STDOUT)
     digits = run_digits(args)

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from mmsape.registry import POS_ENCODINGS
 
 from .base import BasePositionEncoding, TokenGrid, attention_with_bias, layers_from_option
+from .sape2_kernels import sape2_block_attention
 
 EMBED_WITH_CHOICES = ('query', 'key')
 POSITION_MODE_CHOICES = ('clamp', 'relative')
@@ -546,6 +547,28 @@ class SaPE2(BasePositionEncoding):
     def _chunked_attention(self, q: Tensor, k: Tensor, v: Tensor,
                            query_factors: List[Tensor], key_factors: List[Tensor],
                            dropout_p: float) -> Tensor:
+        if dropout_p > 0:
+            # The block kernel has no dropout; training with attention dropout
+            # takes the checkpointed path (same memory bound, slower).
+            return self._checkpointed_attention(q, k, v, query_factors, key_factors,
+                                                dropout_p)
+        root = self.distance != 'squared'
+        if root:
+            floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
+        else:
+            query_factors = [torch.cat(query_factors, dim=-1)]
+            key_factors = [torch.cat(key_factors, dim=-1)]
+            floors = None
+        dtype = query_factors[0].dtype
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out = sape2_block_attention(
+                q.to(dtype), k.to(dtype), v.to(dtype), query_factors, key_factors, floors,
+                root=root, sign=self._sign, block_size=self.chunk_size)
+        return out.to(v.dtype)
+
+    def _checkpointed_attention(self, q: Tensor, k: Tensor, v: Tensor,
+                                query_factors: List[Tensor], key_factors: List[Tensor],
+                                dropout_p: float) -> Tensor:
         attend = partial(_attend_query_block, distance=self.distance, sign=self._sign,
                          dropout_p=dropout_p)
         # Recompute each block's bias in backward instead of keeping it: without
