@@ -24,3 +24,13 @@ __all__ = [
     'sample_detection_shapes', 'sample_segmentation_shapes', 'generate_demo_data',
     'ensure_demo_data', 'is_demo_data_current', 'read_demo_manifest'
 ]
+from .checks import (  # noqa: E402
+    CheckedLoadImageFromFile,
+    CheckSegLabelRange,
+    DataFileError,
+    check_coco_annotations,
+)
+
+__all__ += [
+    'CheckedLoadImageFromFile', 'CheckSegLabelRange', 'DataFileError', 'check_coco_annotations'
+]

@@ -447,6 +447,9 @@ class PosEncViT(BaseModule):
                              f'got {shape}. Batch single images with x[None].')
         if x.shape[0] == 0:
             raise ValueError('Empty batch (B=0): pass at least one image.')
+        if x.shape[-2] == 0 or x.shape[-1] == 0:
+            raise ValueError(f'Images of size {tuple(x.shape[-2:])} have no pixels; drop empty '
+                             f'images from the batch.')
         if x.shape[1] != self.in_channels:
             raise ValueError(f'Input has {x.shape[1]} channels but the backbone was built '
                              f'with in_channels={self.in_channels}; convert the images '
@@ -454,10 +457,15 @@ class PosEncViT(BaseModule):
         if not x.is_floating_point():
             raise ValueError(f'Input dtype {x.dtype} is not floating point; normalise '
                              f'images to float (the data preprocessor does this).')
+        weight_dtype = self.patch_embed.proj.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f'Input dtype {x.dtype} differs from the weights\' {weight_dtype}; '
+                             f'convert the images (x.to({weight_dtype})), convert the model '
+                             f'(model.to({x.dtype})) or run under torch.autocast.')
         if not torch.isfinite(x).all():
             raise ValueError('Input images contain NaN or Inf values; check the data '
                              'pipeline (normalisation by a zero std, corrupt files).')
-        if pad_mask is not None and (pad_mask.shape[0] != x.shape[0]
+        if pad_mask is not None and (pad_mask.dim() != 3 or pad_mask.shape[0] != x.shape[0]
                                      or tuple(pad_mask.shape[-2:]) != tuple(x.shape[-2:])):
             raise ValueError(f'pad_mask of shape {tuple(pad_mask.shape)} does not match '
                              f'the images (B, H, W) = {(x.shape[0], *x.shape[-2:])}.')

@@ -16,9 +16,10 @@ swaps rows and columns and has its own table):
 
 Steps 1-3 cost O(N * W) per head and axis. The pairwise step 4 is the method's
 cost: the paper materialises a (B, heads, N, N) bias. Besides that reference
-(``impl='dense'``) this module offers an exact query-chunked path whose memory is
-linear in N (``impl='chunked'``) and, for the squared distance, a variant that
-plain fused attention computes without any N x N tensor (``impl='fused'``).
+(``impl='dense'``) this module offers an exact path whose memory is linear in N
+(``impl='chunked'``, a FlashAttention-style autograd function over query blocks,
+:mod:`.sape2_kernels`) and, for the squared distance, a variant that plain
+fused attention computes without any N x N tensor (``impl='fused'``).
 """
 import math
 from functools import partial
@@ -336,12 +337,16 @@ class SaPE2(BasePositionEncoding):
             give the same result up to rounding.
 
             - ``'dense'``: the paper's way, a (B, heads, N, N) bias.
-            - ``'chunked'``: blocks of ``chunk_size`` queries, each block's bias
-              built with one matmul per axis (see
-              :func:`squared_distance_factors`) and passed as the mask of
-              ``scaled_dot_product_attention``; with autograd each block is
-              recomputed in backward (activation checkpointing), so memory stays
-              linear in N at the price of computing the bias twice.
+            - ``'chunked'``: exact, memory linear in N. A FlashAttention-style
+              autograd function (:mod:`.sape2_kernels`) walks over blocks of at
+              most ``chunk_size`` queries of one (batch, head); each block's
+              bias comes from one matmul per axis (see
+              :func:`squared_distance_factors`) and a safe root, and only q, k,
+              v, the output, the factors and the per-row logsumexp are kept for
+              backward, which recomputes each block. With attention dropout
+              (``dropout_p > 0``) it falls back to query blocks of SDPA with the
+              bias as mask, each recomputed in backward by activation
+              checkpointing (same memory bound, slower).
             - ``'fused'`` (``distance='squared'`` only): q and k are augmented
               with ``[-2 s, |s|^2, 1]`` and ``[s, 1, |s|^2]`` so that plain
               attention (``scale=1``) computes the logits with no N x N tensor.
@@ -350,15 +355,18 @@ class SaPE2(BasePositionEncoding):
               larger than one block's) and ``'chunked'`` beyond.
 
             Defaults to ``'auto'``.
-        chunk_size (int): Queries per block of ``impl='chunked'``.
-            Defaults to 256.
+        chunk_size (int): Most queries per block of ``impl='chunked'`` (the
+            block kernel also caps a block at ``BLOCK_ELEMENTS / N`` queries so
+            that its buffers stay in cache), and the token count up to which
+            ``impl='auto'`` takes ``'dense'``. Defaults to 256.
         init_cfg (dict | list[dict], optional): MMEngine initialisation config.
             Defaults to None.
 
     Note:
         Numerics. Gates, positions and distances are computed in float32 for
-        float16 / bfloat16 inputs (and outside autocast); only the attention
-        runs in the input dtype, so ``'fused'`` casts its extra q/k features,
+        float16 / bfloat16 inputs (and outside autocast); the attention runs
+        in the input dtype, except in the ``'chunked'`` block kernel, which
+        attends in float32 and casts the output back. ``'fused'`` casts its extra q/k features,
         ``|s|^2`` included, to that dtype and is the least precise in half
         precision. Distances use a matmul form (one matmul per axis), exact up
         to rounding of order ``eps * |s|^2`` in the squared distance; entries

@@ -1,0 +1,288 @@
+"""Memory-lean exact SaPE² attention: a FlashAttention-style autograd function.
+
+Computes, for every batch element and head,
+
+    out = softmax(q k^T / sqrt(d) + sign * bias) v,
+    bias_in = sum over axes a of D_a(i, n),
+
+where each axis contributes the matmul-form squared distance
+``sq_a = query_factors_a @ key_factors_a^T`` (see
+:func:`~mmsape.models.pos_encodings.sape2.squared_distance_factors`), either as
+is (``root=False``, the squared-distance model) or through the safe square root
+of :func:`~mmsape.models.pos_encodings.sape2.safe_sqrt` (``root=True``):
+``D = sqrt(sq)`` where ``sq > floor`` and ``D = 0`` with zero gradient at or
+below the rounding floor.
+
+Memory. The forward pass walks over blocks of ``block_size`` queries of one
+(batch, head) at a time and keeps only q, k, v, the output, the factors and the
+per-row logsumexp for backward, i.e. O(N * (d + W + H)) per head; the backward
+pass recomputes each block's logits and probabilities from the logsumexp. At no
+time does more than a handful of ``block_size x N`` buffers exist, which the
+function allocates once per call and reuses for every block.
+
+Speed. On CPU the per-element work between the matmuls dominates once the
+matmuls are done per (batch, head) and block (so that the buffers stay in the
+core's cache), and the choice of element-wise ops matters a lot there: ``where``
+and ``masked_fill`` (scalar kernels whose branches mispredict) and ``sqrt`` of
+exact zeros each cost 10-30 times an ``add``, while ``threshold`` costs as much as
+an ``add``. The floor test is therefore done with ``threshold`` and a scalar per
+(batch, head), and the entries at or below the floor are parked at a positive
+*marker* (a quarter of the floor) for the root, then set to exactly 0 by a second
+``threshold``; see :func:`_distance_block`. The results are those of
+``where(sq > floor, sq, 0).sqrt()`` exactly.
+"""
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+#: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
+#: buffers of a block are then about as large as a core's L2 cache, and the
+#: element-wise passes over them and the GEMMs writing them run from cache;
+#: measured on CPU, larger blocks at N = 4096 make the whole kernel ~2x slower.
+BLOCK_ELEMENTS = 2**18
+
+
+def _distance_block(squared: Tensor, floor: float, inverse: Optional[Tensor] = None) -> None:
+    """In place: squared distances -> safe roots; optionally ``-1 / root`` (0 at 0).
+
+    Turns ``squared`` into ``where(squared > floor, squared, 0).sqrt()`` and, when
+    ``inverse`` (a buffer of the same shape) is given, fills it with ``-1 / root``
+    where the root is positive and 0 elsewhere: the factor of the gradient
+    ``d root / d squared = 0.5 / root`` up to a constant, with the subgradient 0
+    of a norm at 0 (``safe_sqrt``'s semantics). The negative sign is what lets
+    ``threshold`` (which replaces values *at or below* a threshold) pick out the
+    zero-distance entries, whose inverse is the largest.
+
+    Args:
+        squared (Tensor): ``(rows, N)`` squared distances; overwritten.
+        floor (float): Rounding floor of this (batch, head), >= 0.
+        inverse (Tensor, optional): ``(rows, N)`` buffer for ``-1 / root``.
+    """
+    if floor < 4 * torch.finfo(squared.dtype).tiny:
+        # No usable marker below the floor (degenerate, e.g. all vectors 0):
+        # the plain, slower form.
+        F.threshold_(squared, floor, 0.)
+        squared.sqrt_()
+        if inverse is not None:
+            zero = torch.zeros((), dtype=squared.dtype, device=squared.device)
+            torch.where(squared > 0, -1 / squared, zero, out=inverse)
+        return
+    # Entries at or below the floor become the marker floor / 4: every value is
+    # then positive, which keeps the root on its fast path. With r = sqrt(floor),
+    # kept roots are >= r (up to an ulp) and marker roots are r / 2, so a
+    # threshold at 0.75 r (and at -1.5 / r for -1 / root) separates them cleanly.
+    marker = floor / 4
+    root_floor = math.sqrt(floor)
+    F.threshold_(squared, floor, marker)
+    squared.sqrt_()
+    if inverse is not None:
+        torch.reciprocal(squared, out=inverse).neg_()
+        F.threshold_(inverse, -1.5 / root_floor, 0.)
+    F.threshold_(squared, 0.75 * root_floor, 0.)
+
+
+class _BlockLogits:
+    """Buffers and per-(batch, head) state to build the logits of query blocks.
+
+    ``logits = scale * q_block k^T + sign * sum_a D_a`` is written into a
+    reusable ``(rows, N)`` buffer; in backward, the per-axis ``-1 / root``
+    factors of the gradient are kept in buffers of their own. The buffers are
+    allocated once per call and reused for every (batch, head) and block.
+    """
+
+    def __init__(self, like: Tensor, rows: int, num_axes: int, root: bool, sign: float,
+                 with_inverse: bool) -> None:
+        num_keys, head_dims = like.shape[-2:]
+        rows = min(rows, num_keys)
+
+        def new() -> Tensor:
+            return like.new_empty(rows, num_keys)
+
+        # One distance buffer per axis; the logits of a single axis live in its
+        # distance buffer.
+        self.distances = [new() for _ in range(num_axes)]
+        self.logits = new() if num_axes > 1 else None
+        self.inverses = [new() for _ in range(num_axes)] if (root and with_inverse) else None
+        self.root = root
+        self.sign = sign
+        self.scale = head_dims**-0.5
+        self.keys_t: Optional[Tensor] = None
+        self.key_factors_t: List[Tensor] = []
+        self.floors: Sequence[float] = ()
+
+    def set_head(self, keys: Tensor, key_factors: Sequence[Tensor],
+                 floors: Sequence[float]) -> None:
+        """Switch to the keys of another (batch, head)."""
+        self.keys_t = keys.t()
+        self.key_factors_t = [f.t() for f in key_factors]
+        self.floors = floors
+
+    def __call__(self, queries: Tensor, query_factors: Sequence[Tensor]) -> Tensor:
+        rows = queries.shape[0]
+        distances = [d[:rows] for d in self.distances]
+        for axis, (query_factor, key_factor_t) in enumerate(
+                zip(query_factors, self.key_factors_t)):
+            torch.mm(query_factor, key_factor_t, out=distances[axis])
+            if self.root:
+                inverse = self.inverses[axis][:rows] if self.inverses is not None else None
+                _distance_block(distances[axis], self.floors[axis], inverse)
+        if self.logits is None:
+            logits = distances[0]
+        else:
+            logits = torch.add(distances[0], distances[1], out=self.logits[:rows])
+            for distance in distances[2:]:
+                logits.add_(distance)
+        # The sign of the bias and the q.k term in one GEMM with beta = sign.
+        return logits.addmm_(queries, self.keys_t, beta=self.sign, alpha=self.scale)
+
+    def inverse(self, axis: int, rows: int) -> Tensor:
+        """The ``-1 / root`` factors (0 at zero distance) of the last block."""
+        return self.inverses[axis][:rows]
+
+
+class SaPE2AttentionFunction(torch.autograd.Function):
+    """Exact SaPE² attention in query blocks; O(N) memory for backward.
+
+    Use through :func:`sape2_block_attention`. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
+                root: bool, sign: float, block_size: int, *factors: Tensor) -> Tensor:
+        num_axes = len(factors) // 2
+        query_factors, key_factors = factors[:num_axes], factors[num_axes:]
+        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
+        q3, k3, v3 = (t.reshape(-1, num_tokens, t.shape[-1]) for t in (q, k, v))
+        qf3, kf3 = ([f.reshape(-1, num_tokens, f.shape[-1]) for f in fs]
+                    for fs in (query_factors, key_factors))
+        floor_values = _floor_values(floors, q3.shape[0], num_axes)
+        out = v3.new_empty(v3.shape)
+        lse = q3.new_empty(q3.shape[:-1])
+        block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
+        for head in range(q3.shape[0]):
+            block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values[head])
+            for start in range(0, num_tokens, block_size):
+                rows = slice(start, start + block_size)
+                logits = block_logits(q3[head, rows], [f[head, rows] for f in qf3])
+                row_max = logits.amax(dim=1, keepdim=True)
+                probs = logits.sub_(row_max).exp_()  # unnormalised
+                row_sum = probs.sum(dim=1, keepdim=True)
+                # Normalise the (rows, d) output rather than the (rows, N) weights.
+                torch.mm(probs, v3[head], out=out[head, rows]).div_(row_sum)
+                torch.add(row_max, row_sum.log_(), out=lse[head, rows, None])
+        out = out.view(*batch_shape, num_tokens, v.shape[-1])
+        ctx.save_for_backward(q3, k3, v3, out, lse, *qf3, *kf3)
+        ctx.floor_values = floor_values
+        ctx.root, ctx.sign, ctx.block_size, ctx.num_axes = root, sign, block_size, num_axes
+        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        q3, k3, v3, out, lse, *factors = ctx.saved_tensors
+        num_axes, block_size, sign = ctx.num_axes, ctx.block_size, ctx.sign
+        qf3, kf3 = factors[:num_axes], factors[num_axes:]
+        num_heads, num_tokens, head_dims = q3.shape
+        grad_out = grad_out.reshape(num_heads, num_tokens, -1)
+        # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
+        delta = (grad_out * out.reshape(grad_out.shape)).sum(-1, keepdim=True)
+        # Query-side gradients are written block by block, key-side ones summed.
+        grad_q = torch.empty_like(q3)
+        grad_k, grad_v = torch.zeros_like(k3), torch.zeros_like(v3)
+        grad_qf = [torch.empty_like(f) for f in qf3]
+        grad_kf = [torch.zeros_like(f) for f in kf3]
+        grad_probs = q3.new_empty(min(block_size, num_tokens), num_tokens)
+        block_logits = _BlockLogits(k3, block_size, num_axes, ctx.root, sign, with_inverse=True)
+        for head in range(num_heads):
+            block_logits.set_head(k3[head], [f[head] for f in kf3], ctx.floor_values[head])
+            for start in range(0, num_tokens, block_size):
+                rows = slice(start, start + block_size)
+                queries = q3[head, rows]
+                query_factors = [f[head, rows] for f in qf3]
+                logits = block_logits(queries, query_factors)
+                probs = logits.sub_(lse[head, rows, None]).exp_()
+                block_grad_out = grad_out[head, rows]
+                grad_v[head].addmm_(probs.t(), block_grad_out)
+                # dS = P * (dP - delta), in the dP buffer.
+                grad_logits = torch.mm(block_grad_out, v3[head].t(),
+                                       out=grad_probs[:probs.shape[0]])
+                grad_logits.sub_(delta[head, rows]).mul_(probs)
+                torch.mm(grad_logits, k3[head], out=grad_q[head, rows])
+                grad_k[head].addmm_(grad_logits.t(), queries)
+                for axis in range(num_axes):
+                    if ctx.root:
+                        # d bias / d sq = 0.5 / D: the chain factor is -1/D held
+                        # in the inverse buffer; -0.5 * sign is applied at the end.
+                        grad_squared = block_logits.inverse(axis, probs.shape[0])
+                        grad_squared.mul_(grad_logits)
+                    else:
+                        grad_squared = grad_logits
+                    torch.mm(grad_squared, kf3[axis][head], out=grad_qf[axis][head, rows])
+                    grad_kf[axis][head].addmm_(grad_squared.t(), query_factors[axis])
+        scale = head_dims**-0.5
+        grad_q.mul_(scale)
+        grad_k.mul_(scale)
+        factor_scale = -0.5 * sign if ctx.root else sign
+        if factor_scale != 1:
+            for grad in (*grad_qf, *grad_kf):
+                grad.mul_(factor_scale)
+        shapes = ctx.shapes
+        grads = [g.view(shape) for g, shape in zip((grad_q, grad_k, grad_v, *grad_qf, *grad_kf),
+                                                   shapes)]
+        needs = ctx.needs_input_grad
+        tensor_needs = needs[:3] + needs[7:]
+        grads = [g if need else None for g, need in zip(grads, tensor_needs)]
+        return (*grads[:3], None, None, None, None, *grads[3:])
+
+
+def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> List[List[float]]:
+    """Per (batch, head) and axis floors as Python floats (scalars for ``threshold``)."""
+    if floors is None:
+        return [[0.] * num_axes for _ in range(num_heads)]
+    return floors.detach().reshape(num_heads, num_axes).tolist()
+
+
+def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
+                          key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
+                          sign: float = 1., block_size: int = 128) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
+    in query blocks, without any N x N tensor saved for backward.
+
+    Args:
+        q (Tensor): ``(..., N, d)`` queries.
+        k (Tensor): ``(..., N, d)`` keys.
+        v (Tensor): ``(..., N, dv)`` values.
+        query_factors (Sequence[Tensor]): Per axis, ``(..., N, L_a + 2)`` query
+            factors of the squared distance (all-zero rows for prefix tokens).
+        key_factors (Sequence[Tensor]): Per axis, ``(..., N, L_a + 2)`` key factors.
+        floors (Tensor, optional): ``(..., num_axes)`` rounding floors of the
+            squared distances (:func:`~mmsape.models.pos_encodings.sape2.rounding_floor`);
+            only used with ``root=True``.
+        root (bool): True: the bias sums the per-axis distances ``sqrt(sq)``
+            (0 at or below the floor); False: it sums the squared distances
+            (pass the concatenated factors as one axis).
+        sign (float): +1 or -1, the sign of the bias. Defaults to 1.
+        block_size (int): Most queries per block; fewer when ``block_size x N``
+            exceeds :data:`BLOCK_ELEMENTS` (but at least 16). Defaults to 128.
+
+    Returns:
+        Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
+        casts; all inputs must share one floating dtype and device).
+    """
+    if root and floors is None:
+        raise ValueError('root=True needs the rounding floors of the squared distances.')
+    if len(query_factors) != len(key_factors) or not query_factors:
+        raise ValueError('Need one query and one key factor per axis.')
+    num_tokens = q.shape[-2]
+    block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
+    tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
+    return SaPE2AttentionFunction.apply(*tensors[:3], floors, root, float(sign), block_size,
+                                        *tensors[3:])
+
+
+__all__ = ['BLOCK_ELEMENTS', 'SaPE2AttentionFunction', 'sape2_block_attention']
