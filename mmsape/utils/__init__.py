@@ -18,6 +18,7 @@ __all__ = [
     'register_all_modules', 'CheckpointError', 'CorruptCheckpointError',
     'UnsafeCheckpointError', 'mmengine_checkpoint_safe_globals',
     'allow_mmengine_checkpoint_types', 'load_checkpoint_safely', 'atomic_save',
-    'save_checkpoint_atomically', 'load_from_local_safely', 'load_from_http_safely', 'patch_mmengine_checkpointing',
+    'save_checkpoint_atomically', 'load_from_local_safely', 'load_from_http_safely',
+    'patch_mmengine_checkpointing',
     'format_state_dict_report'
 ]
