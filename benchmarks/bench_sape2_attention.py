@@ -16,30 +16,19 @@ the q/k/v projections are not (they are the same for all). Forward is timed
 under ``torch.no_grad()`` (inference); forward+backward backpropagates into q,
 k, v and the tables. Each is run once before it is timed.
 
-Peak memory is the growth over the memory held just before the call (inputs
-included in that baseline), after a warm-up forward:
-
-* CUDA: ``torch.cuda.max_memory_allocated()``, i.e. tensors only.
-* CPU: the resident-set high-water mark ``VmHWM`` of ``/proc/self/status``,
-  reset before each measurement by writing 5 to ``/proc/self/clear_refs``
-  (Linux). By default glibc keeps freed large blocks for reuse, and the resident
-  set then depends on the history of the process rather than on the live
-  tensors; so the memory is measured in a child process started with
-  ``MALLOC_MMAP_THRESHOLD_=131072``, where every block over 128 KiB is its own
-  mapping, returned to the system when freed. Latency is measured in the main
-  process, with the default allocator.
+Peak memory is the growth over the memory held just before the call, after a
+warm-up forward; on CPU it is the resident high-water mark, measured in a child
+process whose allocator returns large blocks at once. Details in
+``benchmarks/_measure.py``.
 
 Example::
 
     python benchmarks/bench_sape2_attention.py --tokens 196 1024 --repeats 3
 """
 import argparse
-import gc
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -50,6 +39,14 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+from benchmarks._measure import (  # noqa: E402
+    check_cpu_memory_measurement,
+    median_ms,
+    peak_mib,
+    ratio_cells,
+    run_memory_child,
+)
 
 METHODS = ('sdpa', 'dense', 'chunked', 'fused')
 METHOD_LABELS = {
@@ -124,55 +121,6 @@ def make_case(method: str, tokens: int,
     return forward, forward_backward
 
 
-def _proc_status_bytes(field: str) -> int:
-    with open('/proc/self/status') as status:
-        for line in status:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f'{field} missing from /proc/self/status')
-
-
-def _reset_resident_high_water_mark() -> None:
-    with open('/proc/self/clear_refs', 'w') as clear_refs:
-        clear_refs.write('5')  # VmHWM := VmRSS
-
-
-def check_cpu_memory_measurement() -> None:
-    try:
-        _reset_resident_high_water_mark()
-        _proc_status_bytes('VmHWM')
-    except (OSError, RuntimeError):
-        sys.exit('CPU peak memory needs a writable /proc/self/clear_refs (Linux >= 4.0).')
-
-
-def peak_mib(fn: Callable[[], None], device: str) -> float:
-    """Peak memory growth, in MiB, while ``fn`` runs; see the module docstring."""
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - baseline) / 2**20
-    gc.collect()
-    _reset_resident_high_water_mark()
-    baseline = _proc_status_bytes('VmRSS')
-    fn()
-    return (_proc_status_bytes('VmHWM') - baseline) / 2**20
-
-
-def median_ms(fn: Callable[[], None], repeats: int, device: str) -> float:
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def measure_memory(method: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
     torch.manual_seed(0)
     forward, forward_backward = make_case(method, tokens, args)
@@ -211,24 +159,11 @@ def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, floa
 
 def measure_cpu_memory_in_child(argv: List[str]) -> Results:
     """Run the memory measurements in a process whose malloc never pools large blocks."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 2**10))
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--memory-child'],
-                          env=env, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        sys.exit(f'the memory measurement process failed (exit code {done.returncode})')
-    return {int(tokens): per_method
-            for tokens, per_method in json.loads(done.stdout.splitlines()[-1]).items()}
+    per_tokens = run_memory_child(__file__, argv)
+    return {int(tokens): per_method for tokens, per_method in per_tokens.items()}
 
 
 def format_table(results: Results, methods: List[str]) -> str:
-    def cells(value, reference, smallest_reference):
-        if value is None:
-            return ['failed', '']
-        # A ratio to a reference at the noise level (under 1 MiB) means nothing.
-        ratio = (f'{value / reference:.2f}x'
-                 if reference is not None and reference >= smallest_reference else 'n/a')
-        return [f'{value:.1f}', ratio]
-
     lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
              'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
              '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
@@ -239,8 +174,9 @@ def format_table(results: Results, methods: List[str]) -> str:
             row = per_method.get(method, {})
             columns = []
             for key in ('fwd_ms', 'fwdbwd_ms', 'fwd_mib', 'fwdbwd_mib'):
+                # A ratio to a reference at the noise level (under 1 MiB) means nothing.
                 smallest = 1. if key.endswith('mib') else 1e-3
-                columns += cells(row.get(key), plain.get(key), smallest)
+                columns += ratio_cells(row.get(key), plain.get(key), smallest)
             lines.append(f'| {tokens} ({side}x{side}) | {METHOD_LABELS[method]} | '
                          + ' | '.join(columns) + ' |')
     return '\n'.join(lines)

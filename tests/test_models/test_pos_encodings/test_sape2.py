@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from mmsape.models.pos_encodings.base import TokenGrid
-from mmsape.models.pos_encodings.sape2 import SaPE2, safe_sqrt
+from mmsape.models.pos_encodings.sape2 import (
+    SaPE2,
+    rounding_floor,
+    safe_sqrt,
+    squared_distance_factors,
+)
+from mmsape.models.pos_encodings.sape2_kernels import SaPE2AttentionFunction, sape2_block_attention
 from mmsape.registry import POS_ENCODINGS
 
 HEADS = 2
@@ -239,6 +245,133 @@ def test_chunked_keeps_no_square_tensor_for_backward():
     # Anything N-wide must be a (B, heads, chunk, N) block at most, never N x N.
     assert largest < HEADS * num_tokens * num_tokens / 2
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+# --- 2b. the block kernel behind impl='chunked' ----------------------------------------
+
+
+def kernel_inputs(grid, num_axes=2, dtype=torch.float64, seed=0, scale=1.):
+    """q, k, v and per-axis distance factors with prefix rows, all requiring grad."""
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, HEADS, grid.num_tokens, HEAD_DIMS, generator=generator,
+                           dtype=dtype).requires_grad_() for _ in range(3))
+    lengths = (grid.width, grid.height)[:num_axes]
+    vectors = [torch.randn(1, HEADS, grid.num_patches, length, generator=generator,
+                           dtype=dtype) * scale for length in lengths]
+    factors = [squared_distance_factors(s, grid.num_prefix) for s in vectors]
+    query_factors = [f[0].detach().requires_grad_() for f in factors]
+    key_factors = [f[1].detach().requires_grad_() for f in factors]
+    return q, k, v, query_factors, key_factors
+
+
+def dense_reference(q, k, v, query_factors, key_factors, root, sign):
+    """The same attention with the module's dense building blocks (N x N bias)."""
+    if root:
+        bias = sum(safe_sqrt(qf @ kf.transpose(-1, -2), rounding_floor(kf))
+                   for qf, kf in zip(query_factors, key_factors))
+    else:
+        bias = torch.cat(query_factors, -1) @ torch.cat(key_factors, -1).transpose(-1, -2)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + sign * bias,
+                         dim=-1) @ v
+
+
+def run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size):
+    if root:
+        floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
+    else:
+        query_factors = [torch.cat(query_factors, -1)]
+        key_factors = [torch.cat(key_factors, -1)]
+        floors = None
+    return sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=root,
+                                 sign=sign, block_size=block_size)
+
+
+@pytest.mark.parametrize('root', [True, False], ids=['l2', 'squared'])
+def test_block_kernel_gradcheck(root):
+    grid = TokenGrid(2, 3, num_prefix=1)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = random_qkv(grid, batch=1, requires_grad=True)
+    vectors = [(torch.randn(1, HEADS, grid.num_patches, length, generator=generator,
+                            dtype=torch.float64) * 0.3).requires_grad_()
+               for length in (grid.width, grid.height)]
+
+    def attend(q, k, v, x_vectors, y_vectors):
+        # Through the SaPE vectors, as in the module: perturbing one factor entry
+        # on its own would make a token's distance to itself non-zero, where the
+        # root has no derivative.
+        factors = [squared_distance_factors(s, grid.num_prefix) for s in (x_vectors, y_vectors)]
+        return run_kernel(q, k, v, [f[0] for f in factors], [f[1] for f in factors], root,
+                          -1., block_size=3)
+
+    assert torch.autograd.gradcheck(attend, (q, k, v, *vectors), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize('grid', [TokenGrid(4, 4, num_prefix=1), TokenGrid(3, 5, num_prefix=2),
+                                  TokenGrid(5, 2, num_prefix=0)],
+                         ids=lambda g: f'{g.height}x{g.width}p{g.num_prefix}')
+@pytest.mark.parametrize('root,sign', [(True, 1.), (True, -1.), (False, 1.)],
+                         ids=['l2', 'l2-negative', 'squared'])
+@pytest.mark.parametrize('block_size', [1, 4, 64])
+def test_block_kernel_equals_dense_with_gradients(grid, root, sign, block_size):
+    q, k, v, query_factors, key_factors = kernel_inputs(grid)
+    inputs = (q, k, v, *query_factors, *key_factors)
+    actual = run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size)
+    expected = dense_reference(q, k, v, query_factors, key_factors, root, sign)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    for got, want in zip(grads_of(actual, inputs), grads_of(expected, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_block_kernel_zero_distances_give_zero_factor_gradients():
+    # Identical vectors: every distance is 0, so the bias and the gradient
+    # flowing into the factors vanish (the subgradient of a norm at 0).
+    grid = TokenGrid(3, 3, num_prefix=1)
+    q, k, v, query_factors, key_factors = kernel_inputs(grid)
+    same = squared_distance_factors(torch.ones(1, HEADS, grid.num_patches, 3, dtype=q.dtype),
+                                    grid.num_prefix)
+    query_factors = [same[0].clone().requires_grad_() for _ in range(2)]
+    key_factors = [same[1].clone().requires_grad_() for _ in range(2)]
+    out = run_kernel(q, k, v, query_factors, key_factors, True, 1., block_size=4)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    grads = grads_of(out, (*query_factors, *key_factors))
+    assert all(g.abs().max() == 0 for g in grads)
+
+
+def test_block_kernel_saves_no_square_tensor():
+    grid = TokenGrid(8, 8, num_prefix=1)
+    inputs = kernel_inputs(grid, dtype=torch.float32)
+    saved_shapes = []
+
+    def pack(tensor):
+        saved_shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = run_kernel(*inputs, root=True, sign=1., block_size=16)
+    num_tokens = grid.num_tokens
+    # q, k, v, output, logsumexp and the factors: one token axis each, O(N) per head.
+    assert saved_shapes
+    assert all(sum(size == num_tokens for size in shape) == 1 for shape in saved_shapes)
+    assert max(math.prod(shape) for shape in saved_shapes) < HEADS * num_tokens * num_tokens / 4
+    out.sum().backward()
+
+
+def test_chunked_uses_block_kernel_and_dropout_falls_back():
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v = random_qkv(grid, dtype=torch.float32, requires_grad=True)
+    sape = build_sape(impl='chunked', chunk_size=5, dtype=torch.float32)
+    out = sape.attention(0, q, k, v, grid)
+    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
+    dropped = sape.attention(0, q, k, v, grid, dropout_p=0.1)
+    assert 'SaPE2AttentionFunction' not in dropped.grad_fn.name()
+
+
+def test_block_kernel_rejects_root_without_floors():
+    grid = TokenGrid(2, 2)
+    q, k, v, query_factors, key_factors = kernel_inputs(grid)
+    with pytest.raises(ValueError, match='floors'):
+        sape2_block_attention(q, k, v, query_factors, key_factors, None, root=True)
 
 
 # --- 3. the fused squared variant ------------------------------------------------------
