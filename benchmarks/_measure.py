@@ -1,0 +1,110 @@
+"""Latency and peak-memory helpers shared by the benchmark scripts.
+
+Peak memory is the growth over the memory held just before the call (inputs
+included in that baseline):
+
+* CUDA: ``torch.cuda.max_memory_allocated()``, i.e. tensors only.
+* CPU: the resident-set high-water mark ``VmHWM`` of ``/proc/self/status``,
+  reset before each measurement by writing 5 to ``/proc/self/clear_refs``
+  (Linux). By default glibc keeps freed large blocks for reuse, and the resident
+  set then depends on the history of the process rather than on the live
+  tensors; so memory is measured in a child process started with
+  ``MALLOC_MMAP_THRESHOLD_=131072`` (:func:`run_memory_child`), where every
+  block over 128 KiB is its own mapping, returned to the system when freed.
+  Latency is measured in the main process, with the default allocator.
+
+Latency is the median of ``repeats`` timed calls, each after a CUDA sync on
+CUDA. On a shared CPU, absolute times move with the load of the other
+processes; ratios between cases measured in the same run are more stable.
+"""
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+#: Child processes measure memory with every block over this many bytes
+#: allocated as its own mapping (see the module docstring).
+MMAP_THRESHOLD_BYTES = 128 * 2**10
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f'{field} missing from /proc/self/status')
+
+
+def _reset_resident_high_water_mark() -> None:
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')  # VmHWM := VmRSS
+
+
+def check_cpu_memory_measurement() -> None:
+    """Exit with a message where the CPU peak memory cannot be measured."""
+    try:
+        _reset_resident_high_water_mark()
+        _proc_status_bytes('VmHWM')
+    except (OSError, RuntimeError):
+        sys.exit('CPU peak memory needs a writable /proc/self/clear_refs (Linux >= 4.0).')
+
+
+def peak_mib(fn: Callable[[], None], device: str) -> float:
+    """Peak memory growth, in MiB, while ``fn`` runs; see the module docstring."""
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    gc.collect()
+    _reset_resident_high_water_mark()
+    baseline = _proc_status_bytes('VmRSS')
+    fn()
+    return (_proc_status_bytes('VmHWM') - baseline) / 2**20
+
+
+def median_ms(fn: Callable[[], None], repeats: int, device: str) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, in milliseconds."""
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_memory_child(script: str, argv: List[str], child_flag: str = '--memory-child'):
+    """Run ``script argv child_flag`` with large blocks unpooled; return the JSON
+    object that the child prints on its last line of stdout."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES))
+    done = subprocess.run([sys.executable, os.path.abspath(script), *argv, child_flag],
+                          env=env, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f'the memory measurement process failed (exit code {done.returncode})')
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def ratio_cells(value: Optional[float], reference: Optional[float],
+                smallest_reference: float) -> List[str]:
+    """``[value, ratio to reference]`` table cells; a ratio to a reference below
+    ``smallest_reference`` (noise level) is shown as ``n/a``."""
+    if value is None:
+        return ['failed', '']
+    ratio = (f'{value / reference:.2f}x'
+             if reference is not None and reference >= smallest_reference else 'n/a')
+    return [f'{value:.1f}', ratio]
+
+
+__all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
+           'ratio_cells', 'MMAP_THRESHOLD_BYTES']

@@ -1,0 +1,214 @@
+"""Latency and peak memory of a whole ViT-S backbone with each position encoding.
+
+Builds ``PosEncViT(arch='small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
+one class token, ``out_type='cls_token'``) for square images of ``--tokens``
+patch tokens (196 -> 224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px;
+``img_size`` is the measured size, so learned APE is never interpolated), batch
+1, and measures, per encoding:
+
+* forward: ``model.eval()`` under ``torch.no_grad()`` (inference);
+* forward+backward: ``model.train()`` (all dropout and drop-path rates are 0),
+  backward of a random cotangent of the class token into every parameter.
+
+Each is run once before it is timed; latency is the median of ``--repeats``.
+Ratios are to the learned-APE backbone (plain fused attention) measured in the
+same run: on a shared machine absolute times are noisy, ratios less so.
+Peak memory is the growth of the resident high-water mark (CPU, measured in a
+child process whose allocator returns large blocks at once) or of
+``torch.cuda.max_memory_allocated`` (CUDA), over the memory held before the
+call (model and input included in that baseline); see
+``benchmarks/_measure.py``.
+
+The paper-style dense SaPE² keeps a (B, heads, N, N) bias per block for
+backward; it is skipped above ``--dense-max-tokens`` (default 1024), where it
+is too slow and too large for a small machine; the table says so.
+
+Example::
+
+    python benchmarks/bench_backbone.py --tokens 196 1024 --repeats 3 --threads 1
+    python benchmarks/bench_backbone.py --encodings ape sape2 sape2_fused --tokens 4096
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+# Runnable from a checkout without installing mmsape.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from benchmarks._measure import (  # noqa: E402
+    check_cpu_memory_measurement,
+    median_ms,
+    peak_mib,
+    ratio_cells,
+    run_memory_child,
+)
+
+PATCH_SIZE = 16
+#: name -> (table label, pos_encoding config of PosEncViT).
+ENCODINGS: Dict[str, Tuple[str, object]] = {
+    'ape': ('learned APE (plain SDPA)', dict(type='LearnedAPE')),
+    'sape2': ("SaPE² exact, impl='auto' (block kernel)", dict(type='SaPE2')),
+    'sape2_dense': ("SaPE² exact, impl='dense' (paper-style)",
+                    dict(type='SaPE2', impl='dense')),
+    'sape2_fused': ("SaPE² squared distance, impl='fused'",
+                    dict(type='SaPE2', distance='squared')),
+    'sape2_ape': ('SaPE² + APE', [dict(type='LearnedAPE'), dict(type='SaPE2')]),
+    'peg': ('PEG (CPVT, after block 0)', dict(type='PEG')),
+    'rope_mixed': ('2D RoPE mixed', dict(type='RoPE2D', mode='mixed')),
+    'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
+}
+REFERENCE = 'ape'
+SKIPPED = 'skipped'
+Results = Dict[int, Dict[str, Dict[str, float]]]
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--tokens', type=int, nargs='+', default=[196, 1024, 2304, 4096],
+                        help='patch tokens; each must be a perfect square')
+    parser.add_argument('--encodings', nargs='+', choices=list(ENCODINGS),
+                        default=list(ENCODINGS),
+                        help=f'{REFERENCE!r} is always added: the ratios need it')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs; the median is shown')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--dense-max-tokens', type=int, default=1024,
+                        help="largest token count at which 'sape2_dense' is run")
+    parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for tokens in args.tokens:
+        if math.isqrt(tokens)**2 != tokens:
+            parser.error(f'--tokens {tokens} is not a perfect square')
+    if REFERENCE not in args.encodings:
+        args.encodings = [REFERENCE] + args.encodings
+    return args
+
+
+def make_case(encoding: str, tokens: int,
+              args: argparse.Namespace) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """The model, its input and the two closures to measure."""
+    from mmsape.models import PosEncViT
+
+    image_size = math.isqrt(tokens) * PATCH_SIZE
+    device = torch.device(args.device)
+    model = PosEncViT(arch='small', img_size=image_size, patch_size=PATCH_SIZE,
+                      pos_encoding=ENCODINGS[encoding][1]).to(device)
+    images = torch.randn(1, 3, image_size, image_size, device=device)
+    cotangent = torch.randn(1, model.embed_dims, device=device)
+
+    def forward() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(images)
+
+    def forward_backward() -> None:
+        model.train()
+        model(images)[0].backward(cotangent)
+        model.zero_grad(set_to_none=True)
+
+    return forward, forward_backward
+
+
+def skipped(encoding: str, tokens: int, args: argparse.Namespace) -> bool:
+    return encoding == 'sape2_dense' and tokens > args.dense_max_tokens
+
+
+def measure_memory(encoding: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
+    torch.manual_seed(0)
+    forward, forward_backward = make_case(encoding, tokens, args)
+    forward()  # warm-up: one-time initialisation is not the encoding's cost
+    return {'fwd_mib': peak_mib(forward, args.device),
+            'fwdbwd_mib': peak_mib(forward_backward, args.device)}
+
+
+def measure_latency(encoding: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
+    torch.manual_seed(0)
+    forward, forward_backward = make_case(encoding, tokens, args)
+    forward()
+    forward_backward()
+    return {'fwd_ms': median_ms(forward, args.repeats, args.device),
+            'fwdbwd_ms': median_ms(forward_backward, args.repeats, args.device)}
+
+
+def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, float]],
+                args: argparse.Namespace, what: str) -> Results:
+    results: Results = {}
+    for tokens in args.tokens:
+        results[tokens] = {}
+        for encoding in args.encodings:
+            if skipped(encoding, tokens, args):
+                results[tokens][encoding] = {SKIPPED: 1.}
+                continue
+            start = time.perf_counter()
+            try:
+                results[tokens][encoding] = measure(encoding, tokens, args)
+            except RuntimeError as error:  # e.g. out of memory: report it, go on
+                print(f'{encoding} @ {tokens} tokens failed: {error}', file=sys.stderr)
+                results[tokens][encoding] = {}
+            if args.device.startswith('cuda'):
+                torch.cuda.empty_cache()
+            print(f'{what} of {encoding} @ {tokens} tokens: '
+                  f'{time.perf_counter() - start:.1f} s', file=sys.stderr, flush=True)
+    return results
+
+
+def format_table(results: Results, encodings: List[str]) -> str:
+    lines = ['| tokens (image) | encoding | fwd ms | vs APE | fwd+bwd ms | vs APE | '
+             'fwd peak MiB | vs APE | fwd+bwd peak MiB | vs APE |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for tokens, per_encoding in results.items():
+        side = math.isqrt(tokens) * PATCH_SIZE
+        reference = per_encoding.get(REFERENCE, {})
+        for encoding in encodings:
+            row = per_encoding.get(encoding, {})
+            if SKIPPED in row:
+                columns = ['skipped (too slow / large)', ''] + [''] * 6
+            else:
+                columns = []
+                for key in ('fwd_ms', 'fwdbwd_ms', 'fwd_mib', 'fwdbwd_mib'):
+                    # A ratio to a reference at the noise level (under 1 MiB) means nothing.
+                    smallest = 1. if key.endswith('mib') else 1e-3
+                    columns += ratio_cells(row.get(key), reference.get(key), smallest)
+            lines.append(f'| {tokens} ({side}x{side}) | {ENCODINGS[encoding][0]} | '
+                         + ' | '.join(columns) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        import json
+        print(json.dumps(measure_all(measure_memory, args, 'memory')))
+        return
+    on_cuda = args.device.startswith('cuda')
+    if on_cuda and not torch.cuda.is_available():
+        sys.exit('--device cuda was asked for, but CUDA is not available')
+    if on_cuda:
+        memory = measure_all(measure_memory, args, 'memory')
+    else:
+        check_cpu_memory_measurement()
+        memory = {int(tokens): per_encoding
+                  for tokens, per_encoding in run_memory_child(__file__, argv).items()}
+    results = measure_all(measure_latency, args, 'latency')
+    for tokens, per_encoding in results.items():
+        for encoding, row in per_encoding.items():
+            row.update(memory.get(tokens, {}).get(encoding, {}))
+    memory_note = ('CUDA max_memory_allocated growth' if on_cuda else
+                   'growth of the resident high-water mark (VmHWM), large blocks unpooled')
+    print(f'ViT-S/16 backbone (12 blocks, embed 384, 6 heads, class token), batch 1; device '
+          f'{args.device}, float32, {args.threads} thread(s); latency: median of '
+          f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')
+    print(format_table(results, args.encodings))
+
+
+if __name__ == '__main__':
+    main()
