@@ -349,14 +349,15 @@ def plot_equivariance(results: List[dict], path: str, shift: Tuple[int, int],
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
     names = [n for n in ENCODINGS if any(r['encoding'] == n for r in results)]
-    for name in names:
+    cmap = plt.get_cmap('tab20' if len(names) > 10 else 'tab10')
+    for index, name in enumerate(names):
         runs = [r for r in results if r['encoding'] == name]
         layers = sorted({row['layer'] for row in runs[0]['equivariance'] if row['layer'] >= 0})
         values = [np.mean([row['cosine'] for r in runs for row in r['equivariance']
                            if row['layer'] == layer and (row['shift_y'], row['shift_x']) == shift
                            and row.get('mode', 'circular') == 'circular'])
                   for layer in layers]
-        ax.plot(layers, values, 'o-', label=name)
+        ax.plot(layers, values, 'o-', label=name, color=cmap(index % cmap.N))
     ax.set_xlabel('block')
     ax.set_ylabel('feature cosine (1 = equivariant)')
     ax.set_title(title)
@@ -515,6 +516,22 @@ CAVEATS = [
     'values below 1 measure how much absolute position the trained model uses. A high '
     'score is not a goal in itself: digits are centred in training, so absolute '
     'position is a legitimate cue.',
+    '- Mechanisms behind the two digit protocols: a learned APE is resampled with the '
+    'image, so under "resize" the digit keeps its place in the table (only the pixels '
+    'per patch change), while relative and content-based schemes see a digit twice as '
+    'many tokens wide; under "pad" the digit keeps its pixels and moves to other table '
+    'cells, which is the pure grid-change the CPVT / RoPE-ViT transfer numbers are '
+    'about. Read the APE check of both protocols together.',
+    '- RoPE rotates patch queries and keys but not the class token, so the class '
+    'token\'s logits against patch keys depend on absolute position: RoPE patch '
+    'features can be nearly shift-equivariant while the class-token readout is not '
+    '(compare the feature cosine with the logit agreement). Sin-cos and learned APE '
+    'add absolute position to every token.',
+    '- SaPE² builds its bias from distances between content-dependent vectors of '
+    'contextual (gate-counted) positions. Feature cosines close to the "none" row mean '
+    'that, on this data, the trained bias carries little position information that '
+    'moves with a shift; that reads as "equivariant", but check the accuracy columns '
+    'before calling it a benefit.',
     '- Small budget: tiny models, a few epochs / iterations on CPU; the segmentation '
     'set has 48 training and 16 validation images. Differences within the seed spread '
     'are not evidence either way; nothing here says how the encodings compare at '
