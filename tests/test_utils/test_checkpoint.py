@@ -436,7 +436,11 @@ def test_save_checkpoint_routing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_patch_is_idempotent() -> None:
     import mmengine.runner
     import mmengine.runner.runner
+    # MMEngine's own function, also when earlier in-process runs (tools, e2e
+    # tests) have already applied the patch.
     mmengine_save = mmengine_checkpoint.save_checkpoint
+    if mmengine_save is save_checkpoint_atomically:
+        mmengine_save = ckpt_utils._mmengine_save_checkpoint
     pavi_loader = mmengine_checkpoint.CheckpointLoader._get_checkpoint_loader('pavi://x/y.pth')
 
     patch_mmengine_checkpointing()
