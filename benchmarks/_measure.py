@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -108,3 +108,42 @@ def ratio_cells(value: Optional[float], reference: Optional[float],
 
 __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
            'ratio_cells', 'MMAP_THRESHOLD_BYTES']
+
+
+def ratio_row(row: dict, reference: dict) -> List[str]:
+    """The latency and memory cells of one table row, each with its ratio to ``reference``."""
+    cells = []
+    for key in ('fwd_ms', 'fwdbwd_ms', 'fwd_mib', 'fwdbwd_mib'):
+        # A ratio to a reference at the noise level (under 1 MiB) means nothing.
+        smallest = 1. if key.endswith('mib') else 1e-3
+        cells += ratio_cells(row.get(key), reference.get(key), smallest)
+    return cells
+
+
+def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: Callable,
+                               measure_memory: Callable,
+                               measure_latency: Callable) -> Tuple[Dict[int, dict], str]:
+    """Latency of every case in this process and peak memory (in a child process on
+    the CPU, see :func:`check_cpu_memory_measurement`), merged per tokens and case.
+
+    ``measure_all(measure, args, label)`` is the script's loop over its cases.
+
+    Returns:
+        tuple: ``{tokens: {case: row}}`` and a note saying what the memory means.
+    """
+    on_cuda = args.device.startswith('cuda')
+    if on_cuda and not torch.cuda.is_available():
+        sys.exit('--device cuda was asked for, but CUDA is not available')
+    if on_cuda:
+        memory = measure_all(measure_memory, args, 'memory')
+    else:
+        check_cpu_memory_measurement()
+        memory = {int(tokens): per_case
+                  for tokens, per_case in run_memory_child(script, argv).items()}
+    results = measure_all(measure_latency, args, 'latency')
+    for tokens, per_case in results.items():
+        for case, row in per_case.items():
+            row.update(memory.get(tokens, {}).get(case, {}))
+    note = ('CUDA max_memory_allocated growth' if on_cuda else
+            'growth of the resident high-water mark (VmHWM), large blocks unpooled')
+    return results, note

@@ -43,11 +43,10 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
-    check_cpu_memory_measurement,
+    measure_latency_and_memory,
     median_ms,
     peak_mib,
-    ratio_cells,
-    run_memory_child,
+    ratio_row,
 )
 
 PATCH_SIZE = 16
@@ -171,11 +170,7 @@ def format_table(results: Results, encodings: List[str]) -> str:
             if SKIPPED in row:
                 columns = ['skipped (too slow / large)', ''] + [''] * 6
             else:
-                columns = []
-                for key in ('fwd_ms', 'fwdbwd_ms', 'fwd_mib', 'fwdbwd_mib'):
-                    # A ratio to a reference at the noise level (under 1 MiB) means nothing.
-                    smallest = 1. if key.endswith('mib') else 1e-3
-                    columns += ratio_cells(row.get(key), reference.get(key), smallest)
+                columns = ratio_row(row, reference)
             lines.append(f'| {tokens} ({side}x{side}) | {ENCODINGS[encoding][0]} | '
                          + ' | '.join(columns) + ' |')
     return '\n'.join(lines)
@@ -189,21 +184,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         import json
         print(json.dumps(measure_all(measure_memory, args, 'memory')))
         return
-    on_cuda = args.device.startswith('cuda')
-    if on_cuda and not torch.cuda.is_available():
-        sys.exit('--device cuda was asked for, but CUDA is not available')
-    if on_cuda:
-        memory = measure_all(measure_memory, args, 'memory')
-    else:
-        check_cpu_memory_measurement()
-        memory = {int(tokens): per_encoding
-                  for tokens, per_encoding in run_memory_child(__file__, argv).items()}
-    results = measure_all(measure_latency, args, 'latency')
-    for tokens, per_encoding in results.items():
-        for encoding, row in per_encoding.items():
-            row.update(memory.get(tokens, {}).get(encoding, {}))
-    memory_note = ('CUDA max_memory_allocated growth' if on_cuda else
-                   'growth of the resident high-water mark (VmHWM), large blocks unpooled')
+    results, memory_note = measure_latency_and_memory(
+        args, argv, __file__, measure_all, measure_memory, measure_latency)
     print(f'ViT-S/16 backbone (12 blocks, embed 384, 6 heads, class token), batch 1; device '
           f'{args.device}, float32, {args.threads} thread(s); latency: median of '
           f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')

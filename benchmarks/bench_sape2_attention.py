@@ -41,11 +41,10 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
-    check_cpu_memory_measurement,
+    measure_latency_and_memory,
     median_ms,
     peak_mib,
-    ratio_cells,
-    run_memory_child,
+    ratio_row,
 )
 
 METHODS = ('sdpa', 'dense', 'chunked', 'fused')
@@ -157,12 +156,6 @@ def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, floa
     return results
 
 
-def measure_cpu_memory_in_child(argv: List[str]) -> Results:
-    """Run the memory measurements in a process whose malloc never pools large blocks."""
-    per_tokens = run_memory_child(__file__, argv)
-    return {int(tokens): per_method for tokens, per_method in per_tokens.items()}
-
-
 def format_table(results: Results, methods: List[str]) -> str:
     lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
              'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
@@ -172,11 +165,7 @@ def format_table(results: Results, methods: List[str]) -> str:
         plain = per_method.get('sdpa', {})
         for method in methods:
             row = per_method.get(method, {})
-            columns = []
-            for key in ('fwd_ms', 'fwdbwd_ms', 'fwd_mib', 'fwdbwd_mib'):
-                # A ratio to a reference at the noise level (under 1 MiB) means nothing.
-                smallest = 1. if key.endswith('mib') else 1e-3
-                columns += ratio_cells(row.get(key), plain.get(key), smallest)
+            columns = ratio_row(row, plain)
             lines.append(f'| {tokens} ({side}x{side}) | {METHOD_LABELS[method]} | '
                          + ' | '.join(columns) + ' |')
     return '\n'.join(lines)
@@ -189,20 +178,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.memory_child:
         print(json.dumps(measure_all(measure_memory, args, 'memory')))
         return
-    on_cuda = args.device.startswith('cuda')
-    if on_cuda and not torch.cuda.is_available():
-        sys.exit('--device cuda was asked for, but CUDA is not available')
-    if on_cuda:
-        memory = measure_all(measure_memory, args, 'memory')
-    else:
-        check_cpu_memory_measurement()
-        memory = measure_cpu_memory_in_child(argv)
-    results = measure_all(measure_latency, args, 'latency')
-    for tokens, per_method in results.items():
-        for method, row in per_method.items():
-            row.update(memory.get(tokens, {}).get(method, {}))
-    memory_note = ('CUDA max_memory_allocated growth' if on_cuda else
-                   'growth of the resident high-water mark (VmHWM), large blocks unpooled')
+    results, memory_note = measure_latency_and_memory(
+        args, argv, __file__, measure_all, measure_memory, measure_latency)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '
