@@ -78,36 +78,26 @@ class LearnedAPE(BasePositionEncoding):
     _GRID_METADATA_KEY = 'pos_embed_grid'
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  with_prefix_embed: bool = True,
                  interpolation: str = 'bicubic',
                  antialias: bool = True,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f'interpolation={interpolation!r} is not supported; use one '
                              f'of {_INTERPOLATIONS} (bicubic matches timm and mmseg).')
         if len(self.base_grid) != 2 or min(self.base_grid) < 1:
-            raise ValueError(f'base_grid={base_grid} must be (H0, W0) with both >= 1; it '
+            raise ValueError(f'base_grid={self.base_grid} must be (H0, W0) with both >= 1; it '
                              f'is the patch grid of the configured img_size.')
         self.interpolation = interpolation
         self.antialias = antialias
 
         height, width = self.base_grid
-        self.pos_embed = nn.Parameter(torch.zeros(1, height * width, embed_dims))
+        self.pos_embed = nn.Parameter(torch.zeros(1, height * width, self.embed_dims))
         nn.init.trunc_normal_(self.pos_embed, std=.02)
-        if with_prefix_embed and num_prefix_tokens > 0:
-            self.prefix_pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens, embed_dims))
+        if with_prefix_embed and self.num_prefix_tokens > 0:
+            self.prefix_pos_embed = nn.Parameter(
+                torch.zeros(1, self.num_prefix_tokens, self.embed_dims))
             nn.init.trunc_normal_(self.prefix_pos_embed, std=.02)
         else:
             self.prefix_pos_embed = None
@@ -263,23 +253,12 @@ class SinCos2DPositionEncoding(BasePositionEncoding):
     """
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  temperature: float = 10000.,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
-        if embed_dims % 4:
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
+        if self.embed_dims % 4:
             raise ValueError(f'SinCos2DPositionEncoding splits embed_dims in 4 (sin/cos of x '
-                             f'and y), but embed_dims={embed_dims} is not divisible by 4; '
+                             f'and y), but embed_dims={self.embed_dims} is not divisible by 4; '
                              f'use a multiple of 4.')
         if temperature <= 0:
             raise ValueError(f'temperature={temperature} must be > 0 (10000 is the usual).')

@@ -61,26 +61,15 @@ class CoPE1D(BasePositionEncoding):
     per_block_attr = 'position_embeds'
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  num_positions: int = 64,
                  layers: Sequence[int] | None = None,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
         if num_positions < 1:
             raise ValueError(f'num_positions={num_positions} must be >= 1; it is the number '
                              f'of learned integer positions (e.g. 64).')
         self.num_positions = num_positions
-        self.layers = layers_from_option(layers, num_layers, name='layers')
+        self.layers = layers_from_option(layers, self.num_layers, name='layers')
         # One table per block, keyed by block index so that layer-wise lr decay
         # can place it.
         self.position_embeds = nn.ParameterDict({

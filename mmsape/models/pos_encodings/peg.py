@@ -62,28 +62,17 @@ class PEG(BasePositionEncoding):
     per_block_attr = 'convs'
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  kernel_size: int = 3,
                  after_blocks: Sequence[int] = (0, ),
                  mask_padding: bool = True,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'kernel_size={kernel_size} must be a positive odd number so '
                              f'that the conv keeps the grid size (CPVT uses 3).')
         if isinstance(after_blocks, int):
             after_blocks = (after_blocks, )
-        self.after_blocks = layers_from_option(after_blocks, num_layers, name='after_blocks')
+        self.after_blocks = layers_from_option(after_blocks, self.num_layers, name='after_blocks')
         if not self.after_blocks:
             raise ValueError('after_blocks is empty, so PEG would encode nothing; list at '
                              'least one block, e.g. after_blocks=(0,).')
@@ -92,11 +81,11 @@ class PEG(BasePositionEncoding):
         # Keyed by block index so that parameter names say where each conv acts.
         self.convs = nn.ModuleDict({
             str(block): nn.Conv2d(
-                embed_dims,
-                embed_dims,
+                self.embed_dims,
+                self.embed_dims,
                 kernel_size,
                 padding=(kernel_size - 1) // 2,
-                groups=embed_dims,
+                groups=self.embed_dims,
                 bias=True)
             for block in self.after_blocks
         })

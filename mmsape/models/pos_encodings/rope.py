@@ -71,35 +71,24 @@ class RoPE2D(BasePositionEncoding):
     per_block_attr = 'freqs'
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  mode: str = 'axial',
                  theta: float | None = None,
                  layers: Sequence[int] | None = None,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
         if mode not in _MODES:
             raise ValueError(f'mode={mode!r} is not a RoPE2D mode; use one of {_MODES}.')
         if self.head_dims % 4:
             raise ValueError(
                 f'RoPE2D needs a head dim divisible by 4 (two axes times pairs of '
-                f'channels), but embed_dims={embed_dims} / num_heads={num_heads} = '
+                f'channels), but embed_dims={self.embed_dims} / num_heads={self.num_heads} = '
                 f'{self.head_dims}; change num_heads or embed_dims.')
         theta = _DEFAULT_THETA[mode] if theta is None else float(theta)
         if theta <= 0:
             raise ValueError(f'theta={theta} must be > 0 (RoPE-ViT: 100 axial, 10 mixed).')
         self.mode = mode
         self.theta = theta
-        self.layers = layers_from_option(layers, num_layers, name='layers')
+        self.layers = layers_from_option(layers, self.num_layers, name='layers')
 
         if mode == 'axial':
             # 'index' grid (in_pixels=False) with 'xy' indexing: angles from integer
@@ -110,7 +99,7 @@ class RoPE2D(BasePositionEncoding):
         else:
             self.rotary = None
             freqs = init_random_2d_freqs(
-                self.head_dims, len(self.layers), num_heads, temperature=theta)
+                self.head_dims, len(self.layers), self.num_heads, temperature=theta)
             # One (2, heads, d/2) tensor per rotated block, keyed by block index so
             # that layer-wise lr decay can place it.
             self.freqs = nn.ParameterDict({

@@ -394,11 +394,6 @@ class SaPE2(BasePositionEncoding):
     acts_in_attention = True
 
     def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_layers: int,
-                 base_grid: Tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1,
                  num_positions: int = 10,
                  embed_with: str = 'query',
                  scale_gates: bool = True,
@@ -408,14 +403,8 @@ class SaPE2(BasePositionEncoding):
                  distance: str = 'l2',
                  impl: str = 'auto',
                  chunk_size: int = 256,
-                 init_cfg=None) -> None:
-        super().__init__(
-            embed_dims=embed_dims,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            base_grid=base_grid,
-            num_prefix_tokens=num_prefix_tokens,
-            init_cfg=init_cfg)
+                 **backbone_args) -> None:
+        super().__init__(**backbone_args)
         _check_choice('embed_with', embed_with, EMBED_WITH_CHOICES)
         _check_choice('position_mode', position_mode, POSITION_MODE_CHOICES)
         _check_choice('distance', distance, DISTANCE_CHOICES)
@@ -435,7 +424,7 @@ class SaPE2(BasePositionEncoding):
         self.embed_with = embed_with
         self.scale_gates = bool(scale_gates)
         self.negative_bias = bool(negative_bias)
-        self.layers = layers_from_option(layers, num_layers, name='layers')
+        self.layers = layers_from_option(layers, self.num_layers, name='layers')
         self.position_mode = position_mode
         self.distance = distance
         self.impl = impl
