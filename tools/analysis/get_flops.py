@@ -22,21 +22,10 @@ import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 
+from mmsape.analysis.encodings import COMPARED_ENCODINGS
 from mmsape.models import PosEncViT
 
-ENCODINGS = {
-    'APE': (dict(type='LearnedAPE'), {}),
-    'sin-cos': (dict(type='SinCos2DPositionEncoding'), {}),
-    'RoPE axial': (dict(type='RoPE2D', mode='axial'), {}),
-    'RoPE mixed': (dict(type='RoPE2D', mode='mixed'), {}),
-    'CoPE': (dict(type='CoPE1D'), {}),
-    'PEG': (dict(type='PEG'), {}),
-    'PEG+GAP': (dict(type='PEG'), dict(with_cls_token=False, out_type='avg_featmap')),
-    'SaPE2 query': (dict(type='SaPE2', embed_with='query'), {}),
-    'SaPE2 key': (dict(type='SaPE2', embed_with='key'), {}),
-    'SaPE2+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2')], {}),
-    'none': (dict(type='NoPositionEncoding'), {}),
-}
+ENCODINGS = COMPARED_ENCODINGS
 
 
 def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:

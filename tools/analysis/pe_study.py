@@ -31,29 +31,18 @@ import re
 import subprocess
 import sys
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmsape.analysis.encodings import COMPARED_ENCODINGS
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-#: name -> (pos_encoding config, extra backbone options)
-ENCODINGS: Dict[str, Tuple[object, dict]] = {
-    'APE': (dict(type='LearnedAPE'), {}),
-    'sin-cos': (dict(type='SinCos2DPositionEncoding'), {}),
-    'RoPE axial': (dict(type='RoPE2D', mode='axial'), {}),
-    'RoPE mixed': (dict(type='RoPE2D', mode='mixed'), {}),
-    'CoPE': (dict(type='CoPE1D'), {}),
-    'PEG': (dict(type='PEG'), {}),
-    'PEG+GAP': (dict(type='PEG'), dict(with_cls_token=False, out_type='avg_featmap')),
-    'SaPE2 query': (dict(type='SaPE2', embed_with='query'), {}),
-    'SaPE2 key': (dict(type='SaPE2', embed_with='key'), {}),
-    'SaPE2+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2')], {}),
-    'none': (dict(type='NoPositionEncoding'), {}),
-}
+ENCODINGS = COMPARED_ENCODINGS
 SEG_ENCODINGS = ('APE', 'PEG', 'SaPE2 query', 'none')
 
 DIGIT_SIZE, CANVAS, PATCH = 16, 24, 4
