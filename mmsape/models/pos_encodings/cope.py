@@ -111,7 +111,7 @@ class CoPE1D(BasePositionEncoding):
                   grid: TokenGrid,
                   dropout_p: float = 0.) -> Tensor:
         if layer_index not in self.layers:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
         num_prefix = grid.num_prefix
         bias = self.position_bias(layer_index, q[:, :, num_prefix:], k[:, :, num_prefix:])
         # Zero bias in the prefix rows and columns.

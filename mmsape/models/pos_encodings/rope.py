@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, apply_rot_embed_cat
 from timm.layers.pos_embed_sincos import get_mixed_freqs, get_mixed_grid, init_random_2d_freqs
 from torch import Tensor, nn
@@ -143,7 +142,7 @@ class RoPE2D(BasePositionEncoding):
         if layer_index in self.layers:
             q = self.rotate(layer_index, q, grid)
             k = self.rotate(layer_index, k, grid)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
 
 
 
