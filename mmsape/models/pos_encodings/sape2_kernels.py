@@ -1,4 +1,4 @@
-"""Memory-lean exact SaPE² attention: a FlashAttention-style autograd function.
+"""Memory-lean exact SaPE² attention: FlashAttention-style kernels.
 
 Computes, for every batch element and head,
 
@@ -13,25 +13,41 @@ of :func:`~mmsape.models.pos_encodings.sape2.safe_sqrt` (``root=True``):
 ``D = sqrt(sq)`` where ``sq > floor`` and ``D = 0`` with zero gradient at or
 below the rounding floor.
 
-Memory. The forward pass walks over blocks of ``block_size`` queries of one
-(batch, head) at a time and keeps only q, k, v, the output, the factors and the
-per-row logsumexp for backward, i.e. O(N * (d + W + H)) per head; the backward
-pass recomputes each block's logits and probabilities from the logsumexp. At no
-time does more than a handful of ``block_size x N`` buffers exist, which the
-function allocates once per call and reuses for every block.
+Two kernels compute it, with the same results up to float rounding:
 
-Speed. On CPU the per-element work between the matmuls dominates once the
-matmuls are done per (batch, head) and block (so that the buffers stay in the
-core's cache), and the choice of element-wise ops matters a lot there: ``where``
-and ``masked_fill`` (scalar kernels whose branches mispredict) and ``sqrt`` of
-exact zeros each cost 10-30 times an ``add``, while ``threshold`` costs as much as
-an ``add``. The floor test is therefore done with ``threshold`` and a scalar per
-(batch, head), and the entries at or below the floor are parked at a positive
-*marker* (a quarter of the floor) for the root, then set to exactly 0 by a second
-``threshold``; see :func:`_distance_block`. The results are those of
+* a compiled CPU kernel (``csrc/sape2_attention_cpu.cpp``) for float32 CPU
+  tensors: query x key tiles, one BLAS call per product and tile, and the
+  element-wise work (roots, online softmax, softmax backward, chain rule into
+  the factors) fused into one vectorised pass per tile while it is in cache. It
+  is built with the PyTorch C++ extension tool the first time it is needed
+  (about 40 s; cached in ``TORCH_EXTENSIONS_DIR``). Set
+  ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning
+  says why and the Python kernel runs instead;
+* :class:`SaPE2AttentionFunction`, a pure-PyTorch autograd function over query
+  blocks: every other device and dtype (CUDA, float64, half).
+
+Memory. Both keep only q, k, v, the output, the factors and the per-row
+logsumexp for backward, i.e. O(N * (d + W + H)) per head, and recompute the
+probabilities of each block in backward. The Python kernel walks over blocks
+of ``block_size`` queries of one (batch, head) at a time on a handful of
+``block_size x N`` buffers, allocated once per call.
+
+Speed of the Python kernel. On CPU the per-element work between the matmuls
+dominates once the matmuls are done per (batch, head) and block (so that the
+buffers stay in the core's cache), and the choice of element-wise ops matters
+a lot there: ``where`` and ``masked_fill`` (scalar kernels whose branches
+mispredict) and ``sqrt`` of exact zeros each cost 10-30 times an ``add``, while
+``threshold`` costs as much as an ``add``. The floor test is therefore done
+with ``threshold`` and a scalar per (batch, head), and the entries at or below
+the floor are parked at a positive *marker* (a quarter of the floor) for the
+root, then set to exactly 0 by a second ``threshold``; see
+:func:`_distance_block`. The results are those of
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
 import math
+import os
+import os.path as osp
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -247,11 +263,103 @@ def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> Li
     return floors.detach().reshape(num_heads, num_axes).tolist()
 
 
+#: Environment variable: ``0`` skips the compiled CPU kernel.
+CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
+_CPU_KERNEL_SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc',
+                              'sape2_attention_cpu.cpp')
+# The loaded extension, False once loading failed, None before the first try.
+_cpu_kernel = None
+
+# Compiler flags matching PyTorch's own vectorised CPU code paths
+# (``at::vec::Vectorized`` picks its implementation from these macros).
+_CAPABILITY_FLAGS = {
+    'AVX512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mfma',
+               '-DCPU_CAPABILITY=AVX512', '-DCPU_CAPABILITY_AVX512'],
+    'AVX2': ['-mavx2', '-mfma', '-DCPU_CAPABILITY=AVX2', '-DCPU_CAPABILITY_AVX2'],
+}
+
+
+def load_cpu_kernel():
+    """The compiled CPU kernel, built on first use; None where it is unavailable.
+
+    Unavailable when ``MMSAPE_SAPE2_CPU_KERNEL=0`` or when the build fails (no
+    C++ compiler, for one); the failure is reported once as a warning and the
+    Python kernel takes over, with the same results.
+    """
+    global _cpu_kernel
+    if os.environ.get(CPU_KERNEL_ENV, '1') == '0':
+        return None
+    if _cpu_kernel is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+        try:
+            from torch.utils.cpp_extension import load
+            _cpu_kernel = load(
+                name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
+                sources=[_CPU_KERNEL_SOURCE],
+                extra_cflags=['-O3'] + _CAPABILITY_FLAGS.get(capability, []),
+                verbose=False)
+        except Exception as error:  # a missing compiler raises several kinds
+            _cpu_kernel = False
+            warnings.warn(
+                f'The compiled SaPE² CPU kernel could not be built ({type(error).__name__}: '
+                f'{error}); the Python kernel runs instead (same results, about 1.5x '
+                f'slower). Install a C++ compiler and ninja to get it, or set '
+                f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
+    return _cpu_kernel or None
+
+
+class SaPE2CPUAttentionFunction(torch.autograd.Function):
+    """Exact SaPE² attention through the compiled CPU kernel; O(N) memory.
+
+    Use through :func:`sape2_block_attention`. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
+                root: bool, sign: float, *factors: Tensor) -> Tensor:
+        kernel = load_cpu_kernel()
+        num_axes = len(factors) // 2
+        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
+        q3, k3, v3, *factors3 = (t.reshape(-1, num_tokens, t.shape[-1])
+                                 for t in (q, k, v, *factors))
+        floors2 = (floors.detach().reshape(q3.shape[0], num_axes).contiguous()
+                   if root else q3.new_empty(0))
+        scale = q.shape[-1]**-0.5
+        out, lse = kernel.forward(q3, k3, v3, factors3[:num_axes], factors3[num_axes:], floors2,
+                                  root, sign, scale)
+        ctx.save_for_backward(q3, k3, v3, out, lse, floors2, *factors3)
+        ctx.root, ctx.sign, ctx.scale, ctx.num_axes = root, sign, scale, num_axes
+        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
+        return out.view(*batch_shape, num_tokens, v.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        q3, k3, v3, out, lse, floors2, *factors3 = ctx.saved_tensors
+        grad_out = grad_out.reshape(out.shape).contiguous()
+        grads = load_cpu_kernel().backward(
+            grad_out, q3, k3, v3, out, lse, factors3[:ctx.num_axes], factors3[ctx.num_axes:],
+            floors2, ctx.root, ctx.sign, ctx.scale)
+        grads = [g.view(shape) if need else None
+                 for g, shape, need in zip(grads, ctx.shapes,
+                                           ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:])]
+        return (*grads[:3], None, None, None, *grads[3:])
+
+
+def _uses_cpu_kernel(tensors: Sequence[Tensor]) -> bool:
+    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
+            and load_cpu_kernel() is not None)
+
+
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
                           key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
                           sign: float = 1., block_size: int = 128) -> Tensor:
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
     in query blocks, without any N x N tensor saved for backward.
+
+    Float32 CPU inputs go through the compiled CPU kernel when it is available
+    (:func:`load_cpu_kernel`), everything else through
+    :class:`SaPE2AttentionFunction`.
 
     Args:
         q (Tensor): ``(..., N, d)`` queries.
@@ -267,8 +375,9 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
             (0 at or below the floor); False: it sums the squared distances
             (pass the concatenated factors as one axis).
         sign (float): +1 or -1, the sign of the bias. Defaults to 1.
-        block_size (int): Most queries per block; fewer when ``block_size x N``
-            exceeds :data:`BLOCK_ELEMENTS` (but at least 16). Defaults to 128.
+        block_size (int): Python kernel only: most queries per block; fewer
+            when ``block_size x N`` exceeds :data:`BLOCK_ELEMENTS` (but at least
+            16). The compiled kernel has fixed cache-sized tiles. Defaults to 128.
 
     Returns:
         Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
@@ -278,11 +387,15 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         raise ValueError('root=True needs the rounding floors of the squared distances.')
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
+    tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
+    if _uses_cpu_kernel(tensors):
+        return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
+                                               *tensors[3:])
     num_tokens = q.shape[-2]
     block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
-    tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
     return SaPE2AttentionFunction.apply(*tensors[:3], floors, root, float(sign), block_size,
                                         *tensors[3:])
 
 
-__all__ = ['BLOCK_ELEMENTS', 'SaPE2AttentionFunction', 'sape2_block_attention']
+__all__ = ['BLOCK_ELEMENTS', 'CPU_KERNEL_ENV', 'SaPE2AttentionFunction',
+           'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'sape2_block_attention']
