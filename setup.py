@@ -27,6 +27,8 @@ setup(
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmsape', 'mmsape.*']),
+    # C++ sources built on first use by torch.utils.cpp_extension (see sape2_kernels.py).
+    package_data={'mmsape': ['models/pos_encodings/csrc/*.cpp']},
     python_requires='>=3.9',
     # torch and mmcv are installed by tools/setup_env.sh (they need special handling).
     install_requires=[
