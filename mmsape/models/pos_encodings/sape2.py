@@ -569,7 +569,8 @@ class SaPE2(BasePositionEncoding):
         with torch.autocast(device_type=q.device.type, enabled=False):
             out = sape2_block_attention(
                 q.to(dtype), k.to(dtype), v.to(dtype), query_factors, key_factors, floors,
-                root=root, sign=self._sign, block_size=self.chunk_size)
+                root=root, sign=self._sign, block_size=self.chunk_size,
+                symmetric=True)
         return out.to(v.dtype)
 
     def _checkpointed_attention(self, q: Tensor, k: Tensor, v: Tensor,

@@ -16,9 +16,11 @@ below the rounding floor.
 Two kernels compute it, with the same results up to float rounding:
 
 * a compiled CPU kernel (``csrc/sape2_attention_cpu.cpp``) for float32 CPU
-  tensors: query x key tiles, one BLAS call per product and tile, and the
-  element-wise work (roots, online softmax, softmax backward, chain rule into
-  the factors) fused into one vectorised pass per tile while it is in cache. It
+  tensors: square tiles, one BLAS call per product and tile, the element-wise
+  work (roots, online softmax, softmax backward, chain rule into the factors)
+  fused into one vectorised pass per tile while it is in cache, and the
+  distances of each pair of tiles computed once for both orientations (they
+  are symmetric; the most expensive part of the bias). It
   is built with the PyTorch C++ extension tool the first time it is needed
   (about 40 s; cached in ``TORCH_EXTENSIONS_DIR``). Set
   ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning
@@ -311,6 +313,8 @@ def load_cpu_kernel():
 class SaPE2CPUAttentionFunction(torch.autograd.Function):
     """Exact SaPE² attention through the compiled CPU kernel; O(N) memory.
 
+    The factors must be symmetric (see ``symmetric`` of :func:`sape2_block_attention`).
+
     Use through :func:`sape2_block_attention`. Not twice differentiable.
     """
 
@@ -353,12 +357,13 @@ def _uses_cpu_kernel(tensors: Sequence[Tensor]) -> bool:
 
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
                           key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
-                          sign: float = 1., block_size: int = 128) -> Tensor:
+                          sign: float = 1., block_size: int = 128,
+                          symmetric: bool = False) -> Tensor:
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
     in query blocks, without any N x N tensor saved for backward.
 
-    Float32 CPU inputs go through the compiled CPU kernel when it is available
-    (:func:`load_cpu_kernel`), everything else through
+    Float32 CPU inputs with ``symmetric=True`` go through the compiled CPU kernel
+    when it is available (:func:`load_cpu_kernel`), everything else through
     :class:`SaPE2AttentionFunction`.
 
     Args:
@@ -378,6 +383,11 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         block_size (int): Python kernel only: most queries per block; fewer
             when ``block_size x N`` exceeds :data:`BLOCK_ELEMENTS` (but at least
             16). The compiled kernel has fixed cache-sized tiles. Defaults to 128.
+        symmetric (bool): The factors of every axis are those that
+            :func:`~mmsape.models.pos_encodings.sape2.squared_distance_factors`
+            makes of one set of vectors, so ``qf_i . kf_n = qf_n . kf_i``: the
+            compiled kernel then computes the distances of each pair of tiles
+            once, for both orientations. Defaults to False.
 
     Returns:
         Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
@@ -388,7 +398,7 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
     tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
-    if _uses_cpu_kernel(tensors):
+    if symmetric and _uses_cpu_kernel(tensors):
         return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
                                                *tensors[3:])
     num_tokens = q.shape[-2]

@@ -290,7 +290,7 @@ def run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size):
         key_factors = [torch.cat(key_factors, -1)]
         floors = None
     return sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=root,
-                                 sign=sign, block_size=block_size)
+                                 sign=sign, block_size=block_size, symmetric=True)
 
 
 @pytest.mark.parametrize('root', [True, False], ids=['l2', 'squared'])
