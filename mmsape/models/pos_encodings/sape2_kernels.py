@@ -350,7 +350,9 @@ class SaPE2CPUAttentionFunction(torch.autograd.Function):
         return (*grads[:3], None, None, None, *grads[3:])
 
 
-def _uses_cpu_kernel(tensors: Sequence[Tensor]) -> bool:
+def uses_cpu_kernel(tensors: Sequence[Tensor]) -> bool:
+    """Whether :func:`sape2_block_attention` runs these (symmetric) inputs
+    through the compiled CPU kernel."""
     return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
             and load_cpu_kernel() is not None)
 
@@ -398,7 +400,7 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
     tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
-    if symmetric and _uses_cpu_kernel(tensors):
+    if symmetric and uses_cpu_kernel(tensors):
         return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
                                                *tensors[3:])
     num_tokens = q.shape[-2]
@@ -408,4 +410,5 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
 
 
 __all__ = ['BLOCK_ELEMENTS', 'CPU_KERNEL_ENV', 'SaPE2AttentionFunction',
-           'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'sape2_block_attention']
+           'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'sape2_block_attention',
+           'uses_cpu_kernel']

@@ -549,11 +549,30 @@ def test_bad_options_raise_naming_the_option(options, option_name):
         SaPE2(embed_dims=16, num_heads=2, num_layers=4, **options)
 
 
-def test_auto_impl_choice():
+def test_auto_impl_choice(monkeypatch):
+    monkeypatch.setenv(CPU_KERNEL_ENV, '0')
+    q32 = torch.zeros(1, HEADS, 17, HEAD_DIMS)
     assert build_sape(distance='squared').resolve_impl(TokenGrid(30, 30)) == 'fused'
+    assert build_sape(distance='squared').resolve_impl(TokenGrid(4, 4), q32) == 'fused'
     sape = build_sape(chunk_size=17)
     assert sape.resolve_impl(TokenGrid(4, 4, num_prefix=1)) == 'dense'
     assert sape.resolve_impl(TokenGrid(3, 6)) == 'chunked'
+    monkeypatch.setenv(CPU_KERNEL_ENV, '1')
+    if load_cpu_kernel() is not None:
+        # The compiled kernel, where it runs, at every size and distance.
+        for distance in ('l2', 'squared'):
+            sape = build_sape(distance=distance, chunk_size=17)
+            assert sape.resolve_impl(TokenGrid(4, 4, num_prefix=1), q32) == 'chunked'
+            assert sape.resolve_impl(TokenGrid(4, 4), q32, dropout_p=0.1) != 'chunked'
+            assert sape.resolve_impl(TokenGrid(4, 4), q32.double()) != 'chunked'
+
+
+def test_float32_without_symmetric_factors_takes_python_kernel():
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v, query_factors, key_factors = kernel_inputs(grid, dtype=torch.float32)
+    floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
+    out = sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=True)
+    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
 
 
 def test_layers_tables_weight_decay_and_registry():
