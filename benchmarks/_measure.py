@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -84,6 +85,25 @@ def median_ms(fn: Callable[[], None], repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def measure_memory(make_case: Callable, case: str, tokens: int, args) -> Dict[str, float]:
+    """Peak memory of ``make_case(case, tokens, args)``'s forward and forward+backward."""
+    torch.manual_seed(0)
+    forward, forward_backward = make_case(case, tokens, args)
+    forward()  # warm-up: one-time initialisation is not the case's cost
+    return {'fwd_mib': peak_mib(forward, args.device),
+            'fwdbwd_mib': peak_mib(forward_backward, args.device)}
+
+
+def measure_latency(make_case: Callable, case: str, tokens: int, args) -> Dict[str, float]:
+    """Median latency of ``make_case(case, tokens, args)``'s forward and forward+backward."""
+    torch.manual_seed(0)
+    forward, forward_backward = make_case(case, tokens, args)
+    forward()
+    forward_backward()
+    return {'fwd_ms': median_ms(forward, args.repeats, args.device),
+            'fwdbwd_ms': median_ms(forward_backward, args.repeats, args.device)}
+
+
 def run_memory_child(script: str, argv: List[str], child_flag: str = '--memory-child'):
     """Run ``script argv child_flag`` with large blocks unpooled; return the JSON
     object that the child prints on its last line of stdout."""
@@ -107,7 +127,8 @@ def ratio_cells(value: Optional[float], reference: Optional[float],
 
 
 __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
-           'ratio_cells', 'MMAP_THRESHOLD_BYTES']
+           'ratio_cells', 'MMAP_THRESHOLD_BYTES', 'measure_memory', 'measure_latency',
+           'ratio_row', 'measure_latency_and_memory']
 
 
 def ratio_row(row: dict, reference: dict) -> List[str]:
@@ -121,12 +142,13 @@ def ratio_row(row: dict, reference: dict) -> List[str]:
 
 
 def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: Callable,
-                               measure_memory: Callable,
-                               measure_latency: Callable) -> Tuple[Dict[int, dict], str]:
+                               make_case: Callable) -> Tuple[Dict[int, dict], str]:
     """Latency of every case in this process and peak memory (in a child process on
     the CPU, see :func:`check_cpu_memory_measurement`), merged per tokens and case.
 
-    ``measure_all(measure, args, label)`` is the script's loop over its cases.
+    ``measure_all(measure, args, label)`` is the script's loop over its cases and
+    ``make_case(case, tokens, args)`` returns a case's forward and
+    forward+backward closures.
 
     Returns:
         tuple: ``{tokens: {case: row}}`` and a note saying what the memory means.
@@ -135,12 +157,12 @@ def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: 
     if on_cuda and not torch.cuda.is_available():
         sys.exit('--device cuda was asked for, but CUDA is not available')
     if on_cuda:
-        memory = measure_all(measure_memory, args, 'memory')
+        memory = measure_all(partial(measure_memory, make_case), args, 'memory')
     else:
         check_cpu_memory_measurement()
         memory = {int(tokens): per_case
                   for tokens, per_case in run_memory_child(script, argv).items()}
-    results = measure_all(measure_latency, args, 'latency')
+    results = measure_all(partial(measure_latency, make_case), args, 'latency')
     for tokens, per_case in results.items():
         for case, row in per_case.items():
             row.update(memory.get(tokens, {}).get(case, {}))

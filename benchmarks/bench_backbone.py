@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -44,8 +45,7 @@ if REPO_ROOT not in sys.path:
 
 from benchmarks._measure import (  # noqa: E402
     measure_latency_and_memory,
-    median_ms,
-    peak_mib,
+    measure_memory,
     ratio_row,
 )
 
@@ -53,16 +53,25 @@ PATCH_SIZE = 16
 #: name -> (table label, pos_encoding config of PosEncViT).
 ENCODINGS: Dict[str, Tuple[str, object]] = {
     'ape': ('learned APE (plain SDPA)', dict(type='LearnedAPE')),
-    'sape2': ("SaPE² exact, impl='auto' (block kernel)", dict(type='SaPE2')),
+    'sape2': ("SaPE² exact, impl='auto'", dict(type='SaPE2')),
     'sape2_dense': ("SaPE² exact, impl='dense' (paper-style)",
                     dict(type='SaPE2', impl='dense')),
-    'sape2_fused': ("SaPE² squared distance, impl='fused'",
-                    dict(type='SaPE2', distance='squared')),
+    'sape2_squared': ("SaPE² squared distance, impl='auto'",
+                      dict(type='SaPE2', distance='squared')),
+    'sape2_fused': ("SaPE² squared distance, impl='fused' (SDPA)",
+                    dict(type='SaPE2', distance='squared', impl='fused')),
     'sape2_ape': ('SaPE² + APE', [dict(type='LearnedAPE'), dict(type='SaPE2')]),
     'peg': ('PEG (CPVT, after block 0)', dict(type='PEG')),
     'rope_mixed': ('2D RoPE mixed', dict(type='RoPE2D', mode='mixed')),
     'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
+    'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
+    'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
 }
+#: ViTDet-style blocks (as in configs/mask_rcnn): 14 x 14 windows, except four
+#: global blocks.
+WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11))
+#: name -> extra PosEncViT arguments.
+BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 SKIPPED = 'skipped'
 Results = Dict[int, Dict[str, Dict[str, float]]]
@@ -98,7 +107,8 @@ def make_case(encoding: str, tokens: int,
     image_size = math.isqrt(tokens) * PATCH_SIZE
     device = torch.device(args.device)
     model = PosEncViT(arch='small', img_size=image_size, patch_size=PATCH_SIZE,
-                      pos_encoding=ENCODINGS[encoding][1]).to(device)
+                      pos_encoding=ENCODINGS[encoding][1],
+                      **BACKBONE_OPTIONS.get(encoding, {})).to(device)
     images = torch.randn(1, 3, image_size, image_size, device=device)
     cotangent = torch.randn(1, model.embed_dims, device=device)
 
@@ -117,23 +127,6 @@ def make_case(encoding: str, tokens: int,
 
 def skipped(encoding: str, tokens: int, args: argparse.Namespace) -> bool:
     return encoding == 'sape2_dense' and tokens > args.dense_max_tokens
-
-
-def measure_memory(encoding: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
-    torch.manual_seed(0)
-    forward, forward_backward = make_case(encoding, tokens, args)
-    forward()  # warm-up: one-time initialisation is not the encoding's cost
-    return {'fwd_mib': peak_mib(forward, args.device),
-            'fwdbwd_mib': peak_mib(forward_backward, args.device)}
-
-
-def measure_latency(encoding: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
-    torch.manual_seed(0)
-    forward, forward_backward = make_case(encoding, tokens, args)
-    forward()
-    forward_backward()
-    return {'fwd_ms': median_ms(forward, args.repeats, args.device),
-            'fwdbwd_ms': median_ms(forward_backward, args.repeats, args.device)}
 
 
 def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, float]],
@@ -182,10 +175,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     if args.memory_child:
         import json
-        print(json.dumps(measure_all(measure_memory, args, 'memory')))
+        print(json.dumps(measure_all(partial(measure_memory, make_case), args, 'memory')))
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, measure_all, measure_memory, measure_latency)
+        args, argv, __file__, measure_all, make_case)
     print(f'ViT-S/16 backbone (12 blocks, embed 384, 6 heads, class token), batch 1; device '
           f'{args.device}, float32, {args.threads} thread(s); latency: median of '
           f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')

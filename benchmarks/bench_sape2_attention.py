@@ -6,10 +6,17 @@ head dim 64, batch 1) computed by:
 
 * ``sdpa``: plain ``scaled_dot_product_attention``, no position encoding;
 * ``dense``: SaPE² as in the paper, with a materialised (B, heads, N, N) bias;
-* ``chunked``: mmsape's exact, memory-lean SaPE² (query blocks, recomputed in
-  backward);
-* ``fused``: SaPE² with the squared distance (a different model) computed by
-  plain fused attention on augmented q and k.
+* ``chunked``: mmsape's exact, memory-lean SaPE² through its compiled CPU
+  kernel (tiles, recomputed in backward) where it runs (float32 on CPU);
+* ``chunked_python``: the same through the pure-PyTorch block kernel (what
+  other devices and dtypes run);
+* ``squared_chunked``: SaPE² with the squared distance (a different model)
+  through the compiled kernel;
+* ``fused``: the squared-distance model by plain fused attention on augmented
+  q and k (what ``impl='auto'`` picks for it off the compiled kernel);
+* ``rope``: 2D RoPE (mixed), rotations of q and k, then SDPA;
+* ``peg``: SDPA plus PEG's depthwise 3x3 convolution over the layer's tokens
+  (PEG acts between blocks; this is its per-layer cost).
 
 The SaPE vectors (gates, positions, table reads) are part of every SaPE² case;
 the q/k/v projections are not (they are the same for all). Forward is timed
@@ -26,11 +33,13 @@ Example::
     python benchmarks/bench_sape2_attention.py --tokens 196 1024 --repeats 3
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -42,17 +51,29 @@ if REPO_ROOT not in sys.path:
 
 from benchmarks._measure import (  # noqa: E402
     measure_latency_and_memory,
-    median_ms,
-    peak_mib,
+    measure_memory,
     ratio_row,
 )
 
-METHODS = ('sdpa', 'dense', 'chunked', 'fused')
+METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused', 'rope',
+           'peg')
 METHOD_LABELS = {
     'sdpa': 'plain SDPA (no PE)',
-    'dense': 'SaPE² dense (paper-style)',
-    'chunked': 'SaPE² chunked (mmsape)',
-    'fused': 'SaPE² fused (squared distance)',
+    'dense': 'SaPE² exact, dense (paper-style)',
+    'chunked': 'SaPE² exact, chunked (compiled kernel)',
+    'chunked_python': 'SaPE² exact, chunked (Python kernel)',
+    'squared_chunked': 'SaPE² squared, chunked (compiled kernel)',
+    'fused': 'SaPE² squared, fused (SDPA on augmented q/k)',
+    'rope': '2D RoPE mixed',
+    'peg': 'PEG (SDPA + its 3x3 depthwise conv)',
+}
+#: method -> SaPE2 options.
+SAPE2_OPTIONS = {
+    'dense': dict(impl='dense'),
+    'chunked': dict(impl='chunked'),
+    'chunked_python': dict(impl='chunked'),
+    'squared_chunked': dict(impl='chunked', distance='squared'),
+    'fused': dict(impl='fused', distance='squared'),
 }
 EMBED_DIMS, NUM_HEADS = 384, 6
 Results = Dict[int, Dict[str, Dict[str, float]]]
@@ -80,11 +101,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def python_kernel_only(enabled: bool):
+    """Run the exact SaPE² through its Python kernel instead of the compiled one."""
+    from mmsape.models.pos_encodings.sape2_kernels import CPU_KERNEL_ENV
+    previous = os.environ.get(CPU_KERNEL_ENV)
+    if enabled:
+        os.environ[CPU_KERNEL_ENV] = '0'
+    try:
+        yield
+    finally:
+        if enabled:
+            if previous is None:
+                del os.environ[CPU_KERNEL_ENV]
+            else:
+                os.environ[CPU_KERNEL_ENV] = previous
+
+
 def make_case(method: str, tokens: int,
               args: argparse.Namespace) -> Tuple[Callable[[], None], Callable[[], None]]:
     """Inputs and the two closures to measure: forward and forward+backward."""
+    from mmsape.models.pos_encodings import PEG, RoPE2D, SaPE2
     from mmsape.models.pos_encodings.base import TokenGrid
-    from mmsape.models.pos_encodings.sape2 import SaPE2
 
     side = math.isqrt(tokens)
     grid = TokenGrid(side, side, num_prefix=args.num_prefix)
@@ -93,17 +131,27 @@ def make_case(method: str, tokens: int,
     q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_()
                for _ in range(3))
     grad_out = torch.randn(shape, device=device, dtype=dtype)
-    if method == 'sdpa':
-        module = None
-
-        def attend():
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    else:
+    module = None
+    if method in SAPE2_OPTIONS:
         module = SaPE2(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1,
-                       distance='squared' if method == 'fused' else 'l2', impl=method,
-                       chunk_size=args.chunk_size).to(device)
+                       chunk_size=args.chunk_size, **SAPE2_OPTIONS[method]).to(device)
+    elif method == 'rope':
+        module = RoPE2D(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1,
+                        mode='mixed').to(device)
+    elif method == 'peg':
+        module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device)
+        # PEG works on the block's (B, N, C) tokens, not inside attention.
+        tokens_in = torch.randn(1, grid.num_tokens, EMBED_DIMS, device=device,
+                                dtype=dtype).requires_grad_()
 
-        def attend():
+    def attend():
+        if method == 'sdpa':
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        if method == 'peg':
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            encoded = module.after_block(0, tokens_in, grid)  # (1, N, C): split into heads
+            return out + encoded.unflatten(-1, (NUM_HEADS, -1)).transpose(1, 2)
+        with python_kernel_only(method == 'chunked_python'):
             return module.attention(0, q, k, v, grid)
 
     def forward():
@@ -118,23 +166,6 @@ def make_case(method: str, tokens: int,
             module.zero_grad(set_to_none=True)
 
     return forward, forward_backward
-
-
-def measure_memory(method: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
-    torch.manual_seed(0)
-    forward, forward_backward = make_case(method, tokens, args)
-    forward()  # warm-up: one-time initialisation is not the method's cost
-    return {'fwd_mib': peak_mib(forward, args.device),
-            'fwdbwd_mib': peak_mib(forward_backward, args.device)}
-
-
-def measure_latency(method: str, tokens: int, args: argparse.Namespace) -> Dict[str, float]:
-    torch.manual_seed(0)
-    forward, forward_backward = make_case(method, tokens, args)
-    forward()
-    forward_backward()
-    return {'fwd_ms': median_ms(forward, args.repeats, args.device),
-            'fwdbwd_ms': median_ms(forward_backward, args.repeats, args.device)}
 
 
 def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, float]],
@@ -176,10 +207,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps(measure_all(measure_memory, args, 'memory')))
+        print(json.dumps(measure_all(partial(measure_memory, make_case), args, 'memory')))
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, measure_all, measure_memory, measure_latency)
+        args, argv, __file__, measure_all, make_case)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '
