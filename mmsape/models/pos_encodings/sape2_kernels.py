@@ -46,9 +46,12 @@ root, then set to exactly 0 by a second ``threshold``; see
 :func:`_distance_block`. The results are those of
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
+import logging
 import math
 import os
 import os.path as osp
+import shutil
+import sys
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -293,8 +296,9 @@ def load_cpu_kernel():
         return None
     if _cpu_kernel is None:
         capability = torch.backends.cpu.get_cpu_capability()
+        _put_ninja_on_path()
         try:
-            from torch.utils.cpp_extension import load
+            load = _import_extension_loader()
             _cpu_kernel = load(
                 name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
                 sources=[_CPU_KERNEL_SOURCE],
@@ -308,6 +312,28 @@ def load_cpu_kernel():
                 f'slower). Install a C++ compiler and ninja to get it, or set '
                 f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
     return _cpu_kernel or None
+
+
+def _import_extension_loader():
+    """``torch.utils.cpp_extension.load``, imported without its CUDA_HOME warning
+    (irrelevant to a CPU-only extension)."""
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        logger.setLevel(level)
+    return load
+
+
+def _put_ninja_on_path() -> None:
+    """PyTorch's extension builder runs ``ninja`` from PATH; the one pip installs
+    (requirements/runtime.txt) sits next to the interpreter, which is not on PATH
+    when a virtual environment's python is run without activating it."""
+    interpreter_dir = osp.dirname(sys.executable)
+    if shutil.which('ninja') is None and shutil.which('ninja', path=interpreter_dir):
+        os.environ['PATH'] = interpreter_dir + os.pathsep + os.environ.get('PATH', '')
 
 
 class SaPE2CPUAttentionFunction(torch.autograd.Function):
