@@ -4,7 +4,8 @@ Builds ``PosEncViT(arch='small', patch_size=16)`` (12 blocks, embed 384, 6 heads
 one class token, ``out_type='cls_token'``) for square images of ``--tokens``
 patch tokens (196 -> 224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px;
 ``img_size`` is the measured size, so learned APE is never interpolated), batch
-1, and measures, per encoding:
+1, and measures, per encoding (the ViTDet-window rows have no class token and
+output the feature map):
 
 * forward: ``model.eval()`` under ``torch.no_grad()`` (inference);
 * forward+backward: ``model.train()`` (all dropout and drop-path rates are 0),
@@ -68,8 +69,9 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
 }
 #: ViTDet-style blocks (as in configs/mask_rcnn): 14 x 14 windows, except four
-#: global blocks.
-WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11))
+#: global blocks; no class token, the feature map out.
+WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cls_token=False,
+                      out_type='featmap')
 #: name -> extra PosEncViT arguments.
 BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
@@ -110,7 +112,7 @@ def make_case(encoding: str, tokens: int,
                       pos_encoding=ENCODINGS[encoding][1],
                       **BACKBONE_OPTIONS.get(encoding, {})).to(device)
     images = torch.randn(1, 3, image_size, image_size, device=device)
-    cotangent = torch.randn(1, model.embed_dims, device=device)
+    cotangent = []  # made on the first call, in the shape of the output
 
     def forward() -> None:
         model.eval()
@@ -119,7 +121,11 @@ def make_case(encoding: str, tokens: int,
 
     def forward_backward() -> None:
         model.train()
-        model(images)[0].backward(cotangent)
+        out = model(images)[0]
+        if not cotangent:
+            cotangent.append(torch.randn(out.shape, device=device,
+                                         generator=torch.Generator(device).manual_seed(0)))
+        out.backward(cotangent[0])
         model.zero_grad(set_to_none=True)
 
     return forward, forward_backward
