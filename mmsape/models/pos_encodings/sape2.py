@@ -347,9 +347,10 @@ class SaPE2(BasePositionEncoding):
 
             - ``'dense'``: the paper's way, a (B, heads, N, N) bias.
             - ``'chunked'``: exact, memory linear in N. A FlashAttention-style
-              autograd function (:mod:`.sape2_kernels`) walks over blocks of at
-              most ``chunk_size`` queries of one (batch, head); each block's
-              bias comes from one matmul per axis (see
+              kernel (:mod:`.sape2_kernels`): compiled, in square tiles, for
+              float32 on CPU; elsewhere a PyTorch autograd function over blocks
+              of at most ``chunk_size`` queries of one (batch, head). Each
+              block's bias comes from one matmul per axis (see
               :func:`squared_distance_factors`) and a safe root, and only q, k,
               v, the output, the factors and the per-row logsumexp are kept for
               backward, which recomputes each block. With attention dropout
