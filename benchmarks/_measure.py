@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -104,6 +104,36 @@ def measure_latency(make_case: Callable, case: str, tokens: int, args) -> Dict[s
             'fwdbwd_ms': median_ms(forward_backward, args.repeats, args.device)}
 
 
+def interleaved_latency(make_case: Callable, cases: Sequence[str], tokens: int,
+                        args) -> Dict[str, Dict[str, float]]:
+    """Median latency of every case's forward and forward+backward, timed in
+    rounds that take each case in turn (after one warm-up call of each).
+
+    On a machine shared with other work, the load drifts over minutes; timing
+    all repeats of one case before the next would give each case its own load,
+    while rounds give every case the same mix, so the ratios stay fair.
+    """
+    closures = {}
+    for case in cases:
+        torch.manual_seed(0)
+        try:
+            forward, forward_backward = make_case(case, tokens, args)
+            forward()
+            forward_backward()
+        except RuntimeError as error:  # e.g. out of memory: report it, go on
+            print(f'{case} @ {tokens} tokens failed: {error}', file=sys.stderr)
+            continue
+        closures[case] = (forward, forward_backward)
+    times: Dict[str, Dict[str, List[float]]] = {
+        case: {'fwd_ms': [], 'fwdbwd_ms': []} for case in closures}
+    for _ in range(args.repeats):
+        for case, (forward, forward_backward) in closures.items():
+            times[case]['fwd_ms'].append(median_ms(forward, 1, args.device))
+            times[case]['fwdbwd_ms'].append(median_ms(forward_backward, 1, args.device))
+    return {case: {key: statistics.median(values) for key, values in row.items()}
+            for case, row in times.items()}
+
+
 def run_memory_child(script: str, argv: List[str], child_flag: str = '--memory-child'):
     """Run ``script argv child_flag`` with large blocks unpooled; return the JSON
     object that the child prints on its last line of stdout."""
@@ -128,7 +158,7 @@ def ratio_cells(value: Optional[float], reference: Optional[float],
 
 __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
            'ratio_cells', 'MMAP_THRESHOLD_BYTES', 'measure_memory', 'measure_latency',
-           'ratio_row', 'measure_latency_and_memory']
+           'ratio_row', 'measure_latency_and_memory', 'interleaved_latency']
 
 
 def ratio_row(row: dict, reference: dict) -> List[str]:
@@ -142,13 +172,16 @@ def ratio_row(row: dict, reference: dict) -> List[str]:
 
 
 def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: Callable,
-                               make_case: Callable) -> Tuple[Dict[int, dict], str]:
+                               make_case: Callable,
+                               cases: Optional[Sequence[str]] = None
+                               ) -> Tuple[Dict[int, dict], str]:
     """Latency of every case in this process and peak memory (in a child process on
     the CPU, see :func:`check_cpu_memory_measurement`), merged per tokens and case.
 
     ``measure_all(measure, args, label)`` is the script's loop over its cases and
     ``make_case(case, tokens, args)`` returns a case's forward and
-    forward+backward closures.
+    forward+backward closures. With ``cases``, latency is timed in rounds over
+    those cases (:func:`interleaved_latency`) instead of case after case.
 
     Returns:
         tuple: ``{tokens: {case: row}}`` and a note saying what the memory means.
@@ -162,7 +195,15 @@ def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: 
         check_cpu_memory_measurement()
         memory = {int(tokens): per_case
                   for tokens, per_case in run_memory_child(script, argv).items()}
-    results = measure_all(partial(measure_latency, make_case), args, 'latency')
+    if cases is None:
+        results = measure_all(partial(measure_latency, make_case), args, 'latency')
+    else:
+        results = {}
+        for tokens in args.tokens:
+            start = time.perf_counter()
+            results[tokens] = interleaved_latency(make_case, cases, tokens, args)
+            print(f'latency @ {tokens} tokens: {time.perf_counter() - start:.1f} s',
+                  file=sys.stderr, flush=True)
     for tokens, per_case in results.items():
         for case, row in per_case.items():
             row.update(memory.get(tokens, {}).get(case, {}))

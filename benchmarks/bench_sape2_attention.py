@@ -210,11 +210,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(measure_all(partial(measure_memory, make_case), args, 'memory')))
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, measure_all, make_case)
+        args, argv, __file__, measure_all, make_case, cases=args.methods)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '
-          f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')
+          f'{args.repeats} rounds over the methods; peak memory: {memory_note}; '
+          f'torch {torch.__version__}.\n')
     print(format_table(results, args.methods))
 
 
