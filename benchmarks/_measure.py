@@ -158,7 +158,8 @@ def ratio_cells(value: Optional[float], reference: Optional[float],
 
 __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
            'ratio_cells', 'MMAP_THRESHOLD_BYTES', 'measure_memory', 'measure_latency',
-           'ratio_row', 'measure_latency_and_memory', 'interleaved_latency']
+           'ratio_row', 'measure_latency_and_memory', 'interleaved_latency', 'measure_all',
+           'print_memory_for_parent', 'SKIPPED']
 
 
 def ratio_row(row: dict, reference: dict) -> List[str]:
@@ -171,17 +172,53 @@ def ratio_row(row: dict, reference: dict) -> List[str]:
     return cells
 
 
-def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: Callable,
-                               make_case: Callable,
-                               cases: Optional[Sequence[str]] = None
-                               ) -> Tuple[Dict[int, dict], str]:
+#: Row of a case that ``skip`` left out.
+SKIPPED = 'skipped'
+#: ``skip(case, tokens, args)``: whether a case is left out at a token count.
+Skip = Optional[Callable[[str, int, object], bool]]
+
+
+def measure_all(measure: Callable[[str, int, object], Dict[str, float]], args,
+                cases: Sequence[str], what: str, skip: Skip = None) -> Dict[int, dict]:
+    """``{tokens: {case: measure(case, tokens, args)}}`` over ``args.tokens`` and
+    ``cases``; a case that fails (e.g. out of memory) is reported and gets an
+    empty row, a skipped one ``{SKIPPED: 1.}``."""
+    results: Dict[int, dict] = {}
+    for tokens in args.tokens:
+        results[tokens] = {}
+        for case in cases:
+            if skip is not None and skip(case, tokens, args):
+                results[tokens][case] = {SKIPPED: 1.}
+                continue
+            start = time.perf_counter()
+            try:
+                results[tokens][case] = measure(case, tokens, args)
+            except RuntimeError as error:  # e.g. out of memory: report it, go on
+                print(f'{case} @ {tokens} tokens failed: {error}', file=sys.stderr)
+                results[tokens][case] = {}
+            if args.device.startswith('cuda'):
+                torch.cuda.empty_cache()
+            print(f'{what} of {case} @ {tokens} tokens: {time.perf_counter() - start:.1f} s',
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def print_memory_for_parent(make_case: Callable, args, cases: Sequence[str],
+                            skip: Skip = None) -> None:
+    """The memory child's job (see :func:`run_memory_child`): measure, print JSON."""
+    print(json.dumps(measure_all(partial(measure_memory, make_case), args, cases, 'memory',
+                                 skip)))
+
+
+def measure_latency_and_memory(args, argv: List[str], script: str, make_case: Callable,
+                               cases: Sequence[str], interleave: bool = False,
+                               skip: Skip = None) -> Tuple[Dict[int, dict], str]:
     """Latency of every case in this process and peak memory (in a child process on
     the CPU, see :func:`check_cpu_memory_measurement`), merged per tokens and case.
 
-    ``measure_all(measure, args, label)`` is the script's loop over its cases and
     ``make_case(case, tokens, args)`` returns a case's forward and
-    forward+backward closures. With ``cases``, latency is timed in rounds over
-    those cases (:func:`interleaved_latency`) instead of case after case.
+    forward+backward closures. With ``interleave``, latency is timed in rounds
+    over the cases (:func:`interleaved_latency`) instead of case after case.
 
     Returns:
         tuple: ``{tokens: {case: row}}`` and a note saying what the memory means.
@@ -190,18 +227,22 @@ def measure_latency_and_memory(args, argv: List[str], script: str, measure_all: 
     if on_cuda and not torch.cuda.is_available():
         sys.exit('--device cuda was asked for, but CUDA is not available')
     if on_cuda:
-        memory = measure_all(partial(measure_memory, make_case), args, 'memory')
+        memory = measure_all(partial(measure_memory, make_case), args, cases, 'memory', skip)
     else:
         check_cpu_memory_measurement()
         memory = {int(tokens): per_case
                   for tokens, per_case in run_memory_child(script, argv).items()}
-    if cases is None:
-        results = measure_all(partial(measure_latency, make_case), args, 'latency')
+    if not interleave:
+        results = measure_all(partial(measure_latency, make_case), args, cases, 'latency', skip)
     else:
         results = {}
         for tokens in args.tokens:
             start = time.perf_counter()
-            results[tokens] = interleaved_latency(make_case, cases, tokens, args)
+            skipped = [c for c in cases if skip is not None and skip(c, tokens, args)]
+            timed = interleaved_latency(
+                make_case, [c for c in cases if c not in skipped], tokens, args)
+            results[tokens] = {c: timed.get(c, {SKIPPED: 1.} if c in skipped else {})
+                               for c in cases}
             print(f'latency @ {tokens} tokens: {time.perf_counter() - start:.1f} s',
                   file=sys.stderr, flush=True)
     for tokens, per_case in results.items():

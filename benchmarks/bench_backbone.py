@@ -33,8 +33,6 @@ import argparse
 import math
 import os
 import sys
-import time
-from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -45,8 +43,9 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
+    SKIPPED,
     measure_latency_and_memory,
-    measure_memory,
+    print_memory_for_parent,
     ratio_row,
 )
 
@@ -75,7 +74,6 @@ WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cl
 #: name -> extra PosEncViT arguments.
 BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
-SKIPPED = 'skipped'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
 
@@ -135,28 +133,6 @@ def skipped(encoding: str, tokens: int, args: argparse.Namespace) -> bool:
     return encoding == 'sape2_dense' and tokens > args.dense_max_tokens
 
 
-def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, float]],
-                args: argparse.Namespace, what: str) -> Results:
-    results: Results = {}
-    for tokens in args.tokens:
-        results[tokens] = {}
-        for encoding in args.encodings:
-            if skipped(encoding, tokens, args):
-                results[tokens][encoding] = {SKIPPED: 1.}
-                continue
-            start = time.perf_counter()
-            try:
-                results[tokens][encoding] = measure(encoding, tokens, args)
-            except RuntimeError as error:  # e.g. out of memory: report it, go on
-                print(f'{encoding} @ {tokens} tokens failed: {error}', file=sys.stderr)
-                results[tokens][encoding] = {}
-            if args.device.startswith('cuda'):
-                torch.cuda.empty_cache()
-            print(f'{what} of {encoding} @ {tokens} tokens: '
-                  f'{time.perf_counter() - start:.1f} s', file=sys.stderr, flush=True)
-    return results
-
-
 def format_table(results: Results, encodings: List[str]) -> str:
     lines = ['| tokens (image) | encoding | fwd ms | vs APE | fwd+bwd ms | vs APE | '
              'fwd peak MiB | vs APE | fwd+bwd peak MiB | vs APE |',
@@ -180,11 +156,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        import json
-        print(json.dumps(measure_all(partial(measure_memory, make_case), args, 'memory')))
+        print_memory_for_parent(make_case, args, args.encodings, skipped)
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, measure_all, make_case)
+        args, argv, __file__, make_case, args.encodings, skip=skipped)
     print(f'ViT-S/16 backbone (12 blocks, embed 384, 6 heads, class token), batch 1; device '
           f'{args.device}, float32, {args.threads} thread(s); latency: median of '
           f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')

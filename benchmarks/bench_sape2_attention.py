@@ -34,12 +34,9 @@ Example::
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
-import time
-from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -51,7 +48,7 @@ if REPO_ROOT not in sys.path:
 
 from benchmarks._measure import (  # noqa: E402
     measure_latency_and_memory,
-    measure_memory,
+    print_memory_for_parent,
     ratio_row,
 )
 
@@ -168,25 +165,6 @@ def make_case(method: str, tokens: int,
     return forward, forward_backward
 
 
-def measure_all(measure: Callable[[str, int, argparse.Namespace], Dict[str, float]],
-                args: argparse.Namespace, what: str) -> Results:
-    results: Results = {}
-    for tokens in args.tokens:
-        results[tokens] = {}
-        for method in args.methods:
-            start = time.perf_counter()
-            try:
-                results[tokens][method] = measure(method, tokens, args)
-            except RuntimeError as error:  # e.g. out of memory: report it, go on
-                print(f'{method} @ {tokens} tokens failed: {error}', file=sys.stderr)
-                results[tokens][method] = {}
-            if args.device.startswith('cuda'):
-                torch.cuda.empty_cache()
-            print(f'{what} of {method} @ {tokens} tokens: {time.perf_counter() - start:.1f} s',
-                  file=sys.stderr, flush=True)
-    return results
-
-
 def format_table(results: Results, methods: List[str]) -> str:
     lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
              'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
@@ -207,10 +185,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps(measure_all(partial(measure_memory, make_case), args, 'memory')))
+        print_memory_for_parent(make_case, args, args.methods)
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, measure_all, make_case, cases=args.methods)
+        args, argv, __file__, make_case, args.methods, interleave=True)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '
