@@ -376,11 +376,10 @@ class SaPE2CPUAttentionFunction(torch.autograd.Function):
         return (*grads[:3], None, None, None, *grads[3:])
 
 
-def uses_cpu_kernel(tensors: Sequence[Tensor]) -> bool:
-    """Whether :func:`sape2_block_attention` runs these (symmetric) inputs
-    through the compiled CPU kernel."""
-    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
-            and load_cpu_kernel() is not None)
+def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`sape2_block_attention` runs (symmetric) inputs of this
+    device and dtype through the compiled CPU kernel."""
+    return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
 
 
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
@@ -426,7 +425,7 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
     tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
-    if symmetric and uses_cpu_kernel(tensors):
+    if symmetric and uses_cpu_kernel(q.device, q.dtype):
         return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
                                                *tensors[3:])
     num_tokens = q.shape[-2]
