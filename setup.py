@@ -27,8 +27,9 @@ setup(
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmsape', 'mmsape.*']),
-    # C++ sources built on first use by torch.utils.cpp_extension (see sape2_kernels.py).
-    package_data={'mmsape': ['models/pos_encodings/csrc/*.cpp']},
+    # C++ sources built on first use by torch.utils.cpp_extension (see
+    # mmsape/ops/sape2/sape2_attention_cpu.py).
+    package_data={'mmsape': ['ops/sape2/csrc/*.cpp']},
     python_requires='>=3.9',
     # torch and mmcv are installed by tools/setup_env.sh (they need special handling).
     install_requires=[

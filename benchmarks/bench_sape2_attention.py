@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @contextlib.contextmanager
 def python_kernel_only(enabled: bool):
     """Run the exact SaPE² through its Python kernel instead of the compiled one."""
-    from mmsape.models.pos_encodings.sape2_kernels import CPU_KERNEL_ENV
+    from mmsape.ops.sape2 import CPU_KERNEL_ENV
     previous = os.environ.get(CPU_KERNEL_ENV)
     if enabled:
         os.environ[CPU_KERNEL_ENV] = '0'

@@ -20,7 +20,9 @@ def test_bias_matches_hand_computation():
     encoding = build_pos_encoding(dict(type='ALiBi2D'), embed_dims=8, num_heads=2,
                                   num_layers=1)
     grid = TokenGrid(2, 3, num_prefix=1)  # 6 patches in 2 rows, one class token
-    bias = encoding.attention_bias(grid, torch.float64)
+    q = k = torch.zeros(1, 2, grid.num_tokens, 4, dtype=torch.float64)
+    bias = encoding.attention_bias(0, q, k, grid)
+    assert bias.dtype == torch.float64
     assert bias.shape == (2, 7, 7)
     assert bias[:, 0].abs().sum() == 0 and bias[:, :, 0].abs().sum() == 0
     # token 1 = (row 0, col 0), token 6 = (row 1, col 2): distance sqrt(5)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import registered_pos_encodings
-from mmsape.models.pos_encodings.sape2 import pairwise_l2, squared_distance_factors
+from mmsape.ops.sape2 import pairwise_l2, squared_distance_factors
 
 PATCH = 4
 # Every registered encoding on its own, plus stacks (token-additive + in-attention).

@@ -19,7 +19,7 @@ from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from mmsape.models.pos_encodings import TokenGrid, build_pos_encoding
-from mmsape.models.pos_encodings.base import grid_to_map
+from mmsape.models.pos_encodings.base import grid_to_map, layers_from_option
 from mmsape.registry import MODELS
 
 #: ``attend(q, k, v, grid, dropout_p) -> out``, one layer's attention as the
@@ -302,8 +302,8 @@ class PosEncViT(BaseModule):
             raise ValueError('Window attention (window_size > 0) partitions the patch '
                              'grid only; set with_cls_token=False and '
                              'num_register_tokens=0 (ViTDet style) or window_size=0.')
-        self.global_attn_indexes = tuple(
-            self._resolve_index(i, 'global_attn_indexes') for i in global_attn_indexes)
+        self.global_attn_indexes = layers_from_option(
+            tuple(global_attn_indexes), self.num_layers, name='global_attn_indexes')
 
         self.pos_encoding = build_pos_encoding(
             pos_encoding, embed_dims=self.embed_dims, num_heads=num_heads,
@@ -352,21 +352,13 @@ class PosEncViT(BaseModule):
                              f'got {arch!r}.')
         return dict(arch)
 
-    def _resolve_index(self, index: int, option: str) -> int:
-        real = index + self.num_layers if index < 0 else index
-        if not 0 <= real < self.num_layers:
-            raise ValueError(f'{option} contains {index}, but the backbone has '
-                             f'{self.num_layers} blocks (valid: 0..{self.num_layers - 1} '
-                             f'or -{self.num_layers}..-1).')
-        return real
-
     def _resolve_out_indices(self, out_indices) -> Tuple[int, ...]:
         if isinstance(out_indices, int):
             out_indices = [out_indices]
         if not isinstance(out_indices, Sequence) or not out_indices:
             raise ValueError(f'out_indices must be an int or a non-empty sequence of '
                              f'ints, got {out_indices!r}.')
-        return tuple(sorted({self._resolve_index(i, 'out_indices') for i in out_indices}))
+        return layers_from_option(out_indices, self.num_layers, name='out_indices')
 
     # ------------------------------------------------------------------- init
     def init_weights(self) -> None:
@@ -524,7 +516,9 @@ class PosEncViT(BaseModule):
         return self
 
     def no_weight_decay(self) -> set:
-        """Parameter names that should get no weight decay (prefix tokens, tables)."""
+        """Names of the parameters that get no weight decay: the prefix tokens and
+        what the position encoding declares. mmsape's optimizer wrapper
+        constructors read them (see :mod:`mmsape.engine.optimizers`)."""
         names = {name for name in ('cls_token', 'register_tokens')
                  if getattr(self, name) is not None}
         return names | {f'pos_encoding.{n}' for n in self.pos_encoding.no_weight_decay()}

@@ -1,5 +1,10 @@
 from .absolute import LearnedAPE, NoPositionEncoding, SinCos2DPositionEncoding
-from .base import BasePositionEncoding, TokenGrid
+from .base import (
+    AttentionBiasPositionEncoding,
+    AttentionPositionEncoding,
+    BasePositionEncoding,
+    TokenGrid,
+)
 from .builder import PositionEncodingStack, build_pos_encoding, registered_pos_encodings
 from .cope import CoPE1D
 from .peg import PEG
@@ -7,7 +12,8 @@ from .rope import RoPE2D
 from .sape2 import SaPE2
 
 __all__ = [
-    'BasePositionEncoding', 'TokenGrid', 'PositionEncodingStack',
+    'BasePositionEncoding', 'AttentionPositionEncoding', 'AttentionBiasPositionEncoding',
+    'TokenGrid', 'PositionEncodingStack',
     'build_pos_encoding', 'registered_pos_encodings', 'LearnedAPE',
     'SinCos2DPositionEncoding', 'NoPositionEncoding', 'PEG', 'RoPE2D', 'CoPE1D',
     'SaPE2'

@@ -7,8 +7,18 @@ only the hook it needs:
   after the patch embedding and the prefix (class / register) tokens;
 * between blocks (CPVT's PEG): :meth:`after_block`, after chosen blocks;
 * inside attention (2D RoPE, SaPE², CoPE): :meth:`attention`, which receives one
-  layer's per-head ``q, k, v`` and returns the attended values. A q/k transform
-  rotates ``q, k`` first; an attention-logit bias adds to the logits.
+  layer's per-head ``q, k, v`` and returns the attended values. Such encodings
+  derive from :class:`AttentionPositionEncoding`, which owns the ``layers``
+  option (the blocks they act in; the others attend plainly). A q/k transform
+  (RoPE) rotates ``q, k`` first; an attention-logit bias
+  (:class:`AttentionBiasPositionEncoding`) provides
+  ``attention_bias(layer_index, q, k, grid)``, which the default attention adds
+  to the logits.
+
+Parameters that belong to one block (a table per layer) live in a container
+named by :attr:`~BasePositionEncoding.per_block_attr` and keyed by the block
+index (``'<per_block_attr>.<block>'``), so that layer-wise lr decay and
+``frozen_stages`` place them with their block.
 
 The backbone passes a :class:`TokenGrid` everywhere, so that an encoding never
 guesses the layout: ``num_prefix`` prefix tokens followed by an ``H x W`` grid in
@@ -65,6 +75,16 @@ class BasePositionEncoding(BaseModule):
 
     The backbone builds the encoding with these keyword arguments (they describe
     the ViT it lives in), so every subclass accepts them.
+
+    Weight decay: the model declares, the optimizer reads. An encoding names the
+    parameters its paper trains without weight decay in :meth:`no_weight_decay`
+    (by default all of them when :attr:`exclude_from_weight_decay` is True);
+    :class:`~mmsape.models.PosEncViT` adds its prefix tokens, and mmsape's
+    optimizer wrapper constructors
+    (``constructor='mmsape.DeclaredDecayOptimWrapperConstructor'`` or
+    ``'mmsape.LayerDecayOptimWrapperConstructor'``) give exactly those
+    parameters ``weight_decay=0``. Configs therefore need no
+    ``custom_keys={'pos_encoding': dict(decay_mult=0.)}``.
 
     Args:
         embed_dims (int): Token width C.
@@ -130,7 +150,8 @@ class BasePositionEncoding(BaseModule):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
     def no_weight_decay(self) -> Set[str]:
-        """Parameter names (relative to this module) to exclude from weight decay."""
+        """Names (relative to this module) of the parameters that get no weight
+        decay; mmsape's optimizer wrapper constructors read them."""
         if self.exclude_from_weight_decay:
             return {name for name, _ in self.named_parameters()}
         return set()
@@ -154,6 +175,60 @@ class BasePositionEncoding(BaseModule):
 
     def extra_repr(self) -> str:
         return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}'
+
+
+class AttentionPositionEncoding(BasePositionEncoding):
+    """Base of the encodings that act inside the attention of chosen blocks.
+
+    Blocks not in ``layers`` attend plainly; the others go through
+    :meth:`encoded_attention`, which subclasses implement.
+
+    Args:
+        layers (Sequence[int], optional): Blocks the encoding acts in (negatives
+            count from the end). None means every block. Defaults to None.
+        **backbone_args: See :class:`BasePositionEncoding`.
+    """
+
+    acts_in_attention = True
+
+    def __init__(self, layers: Optional[Sequence[int]] = None, **backbone_args) -> None:
+        super().__init__(**backbone_args)
+        self.layers = layers_from_option(layers, self.num_layers, name='layers')
+
+    def attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
+                  grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+        if layer_index not in self.layers:
+            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+        return self.encoded_attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+
+    def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
+                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+        """The attention of a block in :attr:`layers`; same arguments as
+        :meth:`attention`."""
+        raise NotImplementedError(f'{type(self).__name__} must implement encoded_attention.')
+
+
+class AttentionBiasPositionEncoding(AttentionPositionEncoding):
+    """Base of the encodings that add a bias to the attention logits.
+
+    Subclasses implement :meth:`attention_bias`; the attention of a block in
+    ``layers`` is then ``softmax(q.k / sqrt(d) + bias) v``
+    (:func:`attention_with_bias`). A subclass may override
+    :meth:`encoded_attention` with a faster path that computes the same
+    attention without materialising the bias (SaPE²'s kernels).
+    """
+
+    def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
+                       grid: TokenGrid) -> Tensor:
+        """The logit bias of block ``layer_index`` for ``(B, heads, P + H*W, d)``
+        queries and keys: a tensor that broadcasts to ``(B, heads, N, N)``, zero in
+        the rows and columns of prefix tokens unless the encoding says otherwise."""
+        raise NotImplementedError(f'{type(self).__name__} must implement attention_bias.')
+
+    def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
+                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+        bias = self.attention_bias(layer_index, q, k, grid)
+        return attention_with_bias(q, k, v, bias, dropout_p=dropout_p)
 
 
 def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
@@ -195,6 +270,7 @@ def map_to_grid(feature_map: Tensor) -> Tensor:
 
 
 __all__ = [
-    'TokenGrid', 'BasePositionEncoding', 'attention_with_bias', 'split_prefix',
+    'TokenGrid', 'BasePositionEncoding', 'AttentionPositionEncoding',
+    'AttentionBiasPositionEncoding', 'attention_with_bias', 'split_prefix',
     'layers_from_option', 'grid_to_map', 'map_to_grid'
 ]

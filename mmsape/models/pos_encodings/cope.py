@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +9,11 @@ from torch import Tensor, nn
 
 from mmsape.registry import POS_ENCODINGS
 
-from .base import BasePositionEncoding, TokenGrid, attention_with_bias, layers_from_option
+from .base import AttentionBiasPositionEncoding, TokenGrid
 
 
 @POS_ENCODINGS.register_module()
-class CoPE1D(BasePositionEncoding):
+class CoPE1D(AttentionBiasPositionEncoding):
     """Contextual position encoding (arXiv 2405.18719) of the raster-ordered patches.
 
     Positions are counted by the content: with the patch tokens in raster
@@ -55,21 +54,16 @@ class CoPE1D(BasePositionEncoding):
         torch.Size([3, 2, 25, 16])
     """
 
-    acts_in_attention = True
     # Position tables, like pos_embed, are not decayed.
     exclude_from_weight_decay = True
     per_block_attr = 'position_embeds'
 
-    def __init__(self,
-                 num_positions: int = 64,
-                 layers: Sequence[int] | None = None,
-                 **backbone_args) -> None:
+    def __init__(self, num_positions: int = 64, **backbone_args) -> None:
         super().__init__(**backbone_args)
         if num_positions < 1:
             raise ValueError(f'num_positions={num_positions} must be >= 1; it is the number '
                              f'of learned integer positions (e.g. 64).')
         self.num_positions = num_positions
-        self.layers = layers_from_option(layers, self.num_layers, name='layers')
         # One table per block, keyed by block index so that layer-wise lr decay
         # can place it.
         self.position_embeds = nn.ParameterDict({
@@ -79,11 +73,15 @@ class CoPE1D(BasePositionEncoding):
         for table in self.position_embeds.values():
             nn.init.trunc_normal_(table, std=.02)
 
-    def position_bias(self, layer_index: int, q: Tensor, k: Tensor) -> Tensor:
-        """CoPE bias ``z_i(p_ij)`` of ``(B, heads, N, d)`` patch queries and keys.
+    def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
+                       grid: TokenGrid) -> Tensor:
+        """CoPE bias ``z_i(p_ij)`` of ``(B, heads, P + H*W, d)`` queries and keys.
 
-        Returns ``(B, heads, N, N)`` in float32 (at least).
+        Returns ``(B, heads, N, N)`` in float32 (at least), zero in the rows and
+        columns of the prefix tokens.
         """
+        num_prefix = grid.num_prefix
+        q, k = q[:, :, num_prefix:], k[:, :, num_prefix:]
         compute_dtype = torch.promote_types(q.dtype, torch.float32)
         q = q.to(compute_dtype)
         k = k.to(compute_dtype)
@@ -100,25 +98,10 @@ class CoPE1D(BasePositionEncoding):
         weight_ceil = positions - floor
         floor = floor.long()
         ceil = positions.ceil().long()
-        return (integer_logits.gather(-1, ceil) * weight_ceil +
+        bias = (integer_logits.gather(-1, ceil) * weight_ceil +
                 integer_logits.gather(-1, floor) * (1 - weight_ceil))
-
-    def attention(self,
-                  layer_index: int,
-                  q: Tensor,
-                  k: Tensor,
-                  v: Tensor,
-                  grid: TokenGrid,
-                  dropout_p: float = 0.) -> Tensor:
-        if layer_index not in self.layers:
-            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
-        num_prefix = grid.num_prefix
-        bias = self.position_bias(layer_index, q[:, :, num_prefix:], k[:, :, num_prefix:])
         # Zero bias in the prefix rows and columns.
-        bias = F.pad(bias, (num_prefix, 0, num_prefix, 0))
-        return attention_with_bias(q, k, v, bias, dropout_p=dropout_p)
-
-
+        return F.pad(bias, (num_prefix, 0, num_prefix, 0))
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, num_positions={self.num_positions}, '

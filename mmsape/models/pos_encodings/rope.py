@@ -1,16 +1,15 @@
 """2D rotary position embedding (RoPE-ViT, Heo et al., ECCV 2024): axial and mixed."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, apply_rot_embed_cat
 from timm.layers.pos_embed_sincos import get_mixed_freqs, get_mixed_grid, init_random_2d_freqs
 from torch import Tensor, nn
 
 from mmsape.registry import POS_ENCODINGS
 
-from .base import BasePositionEncoding, TokenGrid, layers_from_option
+from .base import AttentionPositionEncoding, TokenGrid
 
 _MODES = ('axial', 'mixed')
 # RoPE-ViT's frequency bases: 100 for axial, 10 for the learnable mixed frequencies.
@@ -18,7 +17,7 @@ _DEFAULT_THETA = {'axial': 100., 'mixed': 10.}
 
 
 @POS_ENCODINGS.register_module()
-class RoPE2D(BasePositionEncoding):
+class RoPE2D(AttentionPositionEncoding):
     """2D rotary position embedding of patch tokens (RoPE-ViT).
 
     Each head's ``q`` and ``k`` are cut into consecutive pairs
@@ -64,7 +63,6 @@ class RoPE2D(BasePositionEncoding):
         torch.Size([3, 2, 25, 16])
     """
 
-    acts_in_attention = True
     # RoPE-ViT excludes the mixed frequencies from weight decay.
     exclude_from_weight_decay = True
     per_block_attr = 'freqs'
@@ -72,7 +70,6 @@ class RoPE2D(BasePositionEncoding):
     def __init__(self,
                  mode: str = 'axial',
                  theta: float | None = None,
-                 layers: Sequence[int] | None = None,
                  **backbone_args) -> None:
         super().__init__(**backbone_args)
         if mode not in _MODES:
@@ -87,7 +84,6 @@ class RoPE2D(BasePositionEncoding):
             raise ValueError(f'theta={theta} must be > 0 (RoPE-ViT: 100 axial, 10 mixed).')
         self.mode = mode
         self.theta = theta
-        self.layers = layers_from_option(layers, self.num_layers, name='layers')
 
         if mode == 'axial':
             # 'index' grid (in_pixels=False) with 'xy' indexing: angles from integer
@@ -132,19 +128,11 @@ class RoPE2D(BasePositionEncoding):
         prefix, patches = x[:, :, :grid.num_prefix], x[:, :, grid.num_prefix:]
         return torch.cat([prefix, apply_rot_embed_cat(patches, embed)], dim=2)
 
-    def attention(self,
-                  layer_index: int,
-                  q: Tensor,
-                  k: Tensor,
-                  v: Tensor,
-                  grid: TokenGrid,
-                  dropout_p: float = 0.) -> Tensor:
-        if layer_index in self.layers:
-            q = self.rotate(layer_index, q, grid)
-            k = self.rotate(layer_index, k, grid)
-        return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
-
-
+    def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
+                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+        q = self.rotate(layer_index, q, grid)
+        k = self.rotate(layer_index, k, grid)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, mode={self.mode!r}, theta={self.theta}, '

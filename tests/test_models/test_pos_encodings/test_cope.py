@@ -75,7 +75,7 @@ def test_cope_positions_count_gates_from_the_end():
     q = torch.zeros(1, 1, num_tokens, HEAD_DIMS, dtype=torch.float64)
     q[..., 0] = 1.
     k = torch.zeros_like(q)  # q.k = 0: every gate is 1/2
-    bias = cope.position_bias(0, q, k)[0, 0, 0]
+    bias = cope.attention_bias(0, q, k, TokenGrid(1, num_tokens))[0, 0, 0]
     expected = []
     for j in range(num_tokens):
         position = (num_tokens - j) / 2

@@ -11,34 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsape.models.pos_encodings import sape2_kernels
 from mmsape.models.pos_encodings.base import TokenGrid
-from mmsape.models.pos_encodings.sape2 import (
-    SaPE2,
-    rounding_floor,
-    safe_sqrt,
-    squared_distance_factors,
-)
-from mmsape.models.pos_encodings.sape2_kernels import (
-    CPU_KERNEL_ENV,
-    SaPE2AttentionFunction,
-    SaPE2CPUAttentionFunction,
-    load_cpu_kernel,
-    sape2_block_attention,
-)
+from mmsape.models.pos_encodings.sape2 import SaPE2
+from mmsape.ops.sape2 import CPU_KERNEL_ENV, load_cpu_kernel
 from mmsape.registry import POS_ENCODINGS
 
 HEADS = 2
 HEAD_DIMS = 8
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    # The tensors here are tiny: a thread pool only adds overhead and contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tensors here are tiny: a thread pool only adds overhead and contention.
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def build_sape(num_positions=3, num_layers=2, table_std=0.5, dtype=torch.float64, **options):
@@ -135,7 +118,7 @@ def naive_attention(q, k, v, tables, grid, **options):
 
 
 def layer0_tables(sape):
-    return sape.position_tables['layer_0']
+    return sape.position_tables['0']
 
 
 def grads_of(output, tensors, seed=1):
@@ -228,8 +211,8 @@ def test_chunked_equals_dense_forward_and_backward(distance, num_prefix):
     out_dense = dense.attention(1, q, k, v, grid)
     out_chunked = chunked.attention(1, q, k, v, grid)
     torch.testing.assert_close(out_chunked, out_dense, rtol=1e-5, atol=1e-5)
-    grads_dense = grads_of(out_dense, (q, k, v, dense.position_tables['layer_1']))
-    grads_chunked = grads_of(out_chunked, (q, k, v, chunked.position_tables['layer_1']))
+    grads_dense = grads_of(out_dense, (q, k, v, dense.position_tables['1']))
+    grads_chunked = grads_of(out_chunked, (q, k, v, chunked.position_tables['1']))
     for got, want in zip(grads_chunked, grads_dense):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -252,196 +235,6 @@ def test_chunked_keeps_no_square_tensor_for_backward():
     # Anything N-wide must be a (B, heads, chunk, N) block at most, never N x N.
     assert largest < HEADS * num_tokens * num_tokens / 2
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
-
-
-# --- 2b. the block kernel behind impl='chunked' ----------------------------------------
-
-
-def kernel_inputs(grid, num_axes=2, dtype=torch.float64, seed=0, scale=1.):
-    """q, k, v and per-axis distance factors with prefix rows, all requiring grad."""
-    generator = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, HEADS, grid.num_tokens, HEAD_DIMS, generator=generator,
-                           dtype=dtype).requires_grad_() for _ in range(3))
-    lengths = (grid.width, grid.height)[:num_axes]
-    vectors = [torch.randn(1, HEADS, grid.num_patches, length, generator=generator,
-                           dtype=dtype) * scale for length in lengths]
-    factors = [squared_distance_factors(s, grid.num_prefix) for s in vectors]
-    query_factors = [f[0].detach().requires_grad_() for f in factors]
-    key_factors = [f[1].detach().requires_grad_() for f in factors]
-    return q, k, v, query_factors, key_factors
-
-
-def dense_reference(q, k, v, query_factors, key_factors, root, sign):
-    """The same attention with the module's dense building blocks (N x N bias)."""
-    if root:
-        bias = sum(safe_sqrt(qf @ kf.transpose(-1, -2), rounding_floor(kf))
-                   for qf, kf in zip(query_factors, key_factors))
-    else:
-        bias = torch.cat(query_factors, -1) @ torch.cat(key_factors, -1).transpose(-1, -2)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + sign * bias,
-                         dim=-1) @ v
-
-
-def run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size):
-    if root:
-        floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
-    else:
-        query_factors = [torch.cat(query_factors, -1)]
-        key_factors = [torch.cat(key_factors, -1)]
-        floors = None
-    return sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=root,
-                                 sign=sign, block_size=block_size, symmetric=True)
-
-
-@pytest.mark.parametrize('root', [True, False], ids=['l2', 'squared'])
-def test_block_kernel_gradcheck(root):
-    grid = TokenGrid(2, 3, num_prefix=1)
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = random_qkv(grid, batch=1, requires_grad=True)
-    vectors = [(torch.randn(1, HEADS, grid.num_patches, length, generator=generator,
-                            dtype=torch.float64) * 0.3).requires_grad_()
-               for length in (grid.width, grid.height)]
-
-    def attend(q, k, v, x_vectors, y_vectors):
-        # Through the SaPE vectors, as in the module: perturbing one factor entry
-        # on its own would make a token's distance to itself non-zero, where the
-        # root has no derivative.
-        factors = [squared_distance_factors(s, grid.num_prefix) for s in (x_vectors, y_vectors)]
-        return run_kernel(q, k, v, [f[0] for f in factors], [f[1] for f in factors], root,
-                          -1., block_size=3)
-
-    assert torch.autograd.gradcheck(attend, (q, k, v, *vectors), eps=1e-6, atol=1e-6,
-                                    rtol=1e-5)
-
-
-@pytest.mark.parametrize('grid', [TokenGrid(4, 4, num_prefix=1), TokenGrid(3, 5, num_prefix=2),
-                                  TokenGrid(5, 2, num_prefix=0)],
-                         ids=lambda g: f'{g.height}x{g.width}p{g.num_prefix}')
-@pytest.mark.parametrize('root,sign', [(True, 1.), (True, -1.), (False, 1.)],
-                         ids=['l2', 'l2-negative', 'squared'])
-@pytest.mark.parametrize('block_size', [1, 4, 64])
-def test_block_kernel_equals_dense_with_gradients(grid, root, sign, block_size):
-    q, k, v, query_factors, key_factors = kernel_inputs(grid)
-    inputs = (q, k, v, *query_factors, *key_factors)
-    actual = run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size)
-    expected = dense_reference(q, k, v, query_factors, key_factors, root, sign)
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
-    for got, want in zip(grads_of(actual, inputs), grads_of(expected, inputs)):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
-
-
-def test_block_kernel_zero_distances_give_zero_factor_gradients():
-    # Identical vectors: every distance is 0, so the bias and the gradient
-    # flowing into the factors vanish (the subgradient of a norm at 0).
-    grid = TokenGrid(3, 3, num_prefix=1)
-    q, k, v, query_factors, key_factors = kernel_inputs(grid)
-    same = squared_distance_factors(torch.ones(1, HEADS, grid.num_patches, 3, dtype=q.dtype),
-                                    grid.num_prefix)
-    query_factors = [same[0].clone().requires_grad_() for _ in range(2)]
-    key_factors = [same[1].clone().requires_grad_() for _ in range(2)]
-    out = run_kernel(q, k, v, query_factors, key_factors, True, 1., block_size=4)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
-    grads = grads_of(out, (*query_factors, *key_factors))
-    assert all(g.abs().max() == 0 for g in grads)
-
-
-@pytest.fixture(params=['compiled', 'python'])
-def float32_kernel(request, monkeypatch):
-    """Which kernel float32 CPU inputs take; 'compiled' is skipped where it cannot be built."""
-    if request.param == 'python':
-        monkeypatch.setenv(CPU_KERNEL_ENV, '0')
-        return SaPE2AttentionFunction
-    monkeypatch.setenv(CPU_KERNEL_ENV, '1')
-    if load_cpu_kernel() is None:
-        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
-    return SaPE2CPUAttentionFunction
-
-
-def test_block_kernel_saves_no_square_tensor(float32_kernel):
-    grid = TokenGrid(8, 8, num_prefix=1)
-    inputs = kernel_inputs(grid, dtype=torch.float32)
-    saved_shapes = []
-
-    def pack(tensor):
-        saved_shapes.append(tuple(tensor.shape))
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = run_kernel(*inputs, root=True, sign=1., block_size=16)
-    assert out.grad_fn.name() == f'{float32_kernel.__name__}Backward'
-    num_tokens = grid.num_tokens
-    # q, k, v, output, logsumexp and the factors: at most one token axis each,
-    # O(N) per head.
-    assert saved_shapes
-    assert all(sum(size == num_tokens for size in shape) <= 1 for shape in saved_shapes)
-    assert max(math.prod(shape) for shape in saved_shapes) < HEADS * num_tokens * num_tokens / 4
-    out.sum().backward()
-
-
-# Grids whose token counts cross the compiled kernel's 128 x 256 tiles.
-TILE_CROSSING_GRIDS = [TokenGrid(20, 15, num_prefix=1), TokenGrid(16, 16, num_prefix=0),
-                       TokenGrid(7, 41, num_prefix=2)]
-
-
-@pytest.mark.parametrize('grid', TILE_CROSSING_GRIDS,
-                         ids=lambda g: f'{g.height}x{g.width}p{g.num_prefix}')
-@pytest.mark.parametrize('root,sign', [(True, 1.), (True, -1.), (False, 1.)],
-                         ids=['l2', 'l2-negative', 'squared'])
-def test_float32_kernels_match_float64_dense_reference(grid, root, sign, float32_kernel):
-    inputs64 = kernel_inputs(grid, scale=0.5)
-    inputs32 = [t.detach().float().requires_grad_() for t in inputs64[:3]]
-    inputs32 += [[t.detach().float().requires_grad_() for t in ts] for ts in inputs64[3:]]
-    actual = run_kernel(*inputs32, root=root, sign=sign, block_size=64)
-    assert actual.grad_fn.name() == f'{float32_kernel.__name__}Backward'
-    expected = dense_reference(*inputs64, root=root, sign=sign)
-    torch.testing.assert_close(actual, expected.float(), rtol=1e-4, atol=1e-5)
-    flat32 = (*inputs32[:3], *inputs32[3], *inputs32[4])
-    flat64 = (*inputs64[:3], *inputs64[3], *inputs64[4])
-    weight = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1),
-                         dtype=expected.dtype)
-    got_grads = torch.autograd.grad((actual * weight.float()).sum(), flat32)
-    for got, want in zip(got_grads, torch.autograd.grad((expected * weight).sum(), flat64)):
-        # Float32 rounding of the squared distances, relative to their size,
-        # reaches the factor gradients through 1 / root: compare to the scale.
-        torch.testing.assert_close(got, want.float(), rtol=1e-3,
-                                   atol=2e-4 * max(want.abs().max().item(), 1e-3))
-
-
-def test_compiled_kernel_threads_agree(float32_kernel):
-    grid = TokenGrid(12, 9, num_prefix=1)
-    inputs = kernel_inputs(grid, dtype=torch.float32)
-    single = run_kernel(*inputs, root=True, sign=1., block_size=32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        multi = run_kernel(*inputs, root=True, sign=1., block_size=32)
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(multi, single, rtol=0, atol=0)
-
-
-def test_compiled_kernel_build_failure_warns_and_falls_back(monkeypatch):
-    import torch.utils.cpp_extension as cpp_extension
-
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError('no C++ compiler')
-
-    monkeypatch.setenv(CPU_KERNEL_ENV, '1')
-    monkeypatch.setattr(sape2_kernels, '_cpu_kernel', None)
-    monkeypatch.setattr(cpp_extension, 'load', no_compiler)
-    grid = TokenGrid(3, 4, num_prefix=1)
-    inputs = kernel_inputs(grid, dtype=torch.float32)
-    with pytest.warns(RuntimeWarning, match='no C\\+\\+ compiler.*Python kernel runs instead'):
-        out = run_kernel(*inputs, root=True, sign=1., block_size=4)
-    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
-    assert load_cpu_kernel() is None  # tried once, not again on every call
-
-
-def test_block_kernel_rejects_root_without_floors():
-    grid = TokenGrid(2, 2)
-    q, k, v, query_factors, key_factors = kernel_inputs(grid)
-    with pytest.raises(ValueError, match='floors'):
-        sape2_block_attention(q, k, v, query_factors, key_factors, None, root=True)
 
 
 # --- 3. the fused squared variant ------------------------------------------------------
@@ -479,14 +272,6 @@ def test_fused_equals_dense_squared_in_float32():
 
 
 # --- 4. finite gradients at zero distance ----------------------------------------------
-
-
-def test_safe_sqrt_is_exact_and_has_zero_gradient_at_zero():
-    x = torch.tensor([0., -1e-9, 1e-30, 4.], requires_grad=True)
-    y = safe_sqrt(x, floor=1e-20)
-    y.sum().backward()
-    assert y.tolist() == [0., 0., 0., 2.]
-    assert x.grad.tolist() == [0., 0., 0., 0.25]
 
 
 @pytest.mark.parametrize('impl,distance', [('dense', 'l2'), ('chunked', 'l2'),
@@ -567,24 +352,16 @@ def test_auto_impl_choice(monkeypatch):
             assert sape.resolve_impl(TokenGrid(4, 4), q32.double()) != 'chunked'
 
 
-def test_float32_without_symmetric_factors_takes_python_kernel():
-    grid = TokenGrid(3, 4, num_prefix=1)
-    q, k, v, query_factors, key_factors = kernel_inputs(grid, dtype=torch.float32)
-    floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
-    out = sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=True)
-    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
-
-
 def test_layers_tables_weight_decay_and_registry():
     sape = POS_ENCODINGS.build(dict(type='SaPE2', embed_dims=16, num_heads=2, num_layers=4,
                                     layers=[1, -1], num_positions=5))
     assert isinstance(sape, SaPE2) and sape.acts_in_attention
     names = {name: tuple(p.shape) for name, p in sape.named_parameters()}
-    assert names == {'position_tables.layer_1': (2, 6, 8), 'position_tables.layer_3': (2, 6, 8)}
+    assert names == {'position_tables.1': (2, 6, 8), 'position_tables.3': (2, 6, 8)}
     assert sape.no_weight_decay() == set(names)
     assert [sape.layer_index_of(name) for name in sorted(names)] == [1, 3]
     assert sape.layer_index_of('something_else') is None
-    assert abs(sape.position_tables['layer_1'].std().item() - 0.02) < 0.01
+    assert abs(sape.position_tables['1'].std().item() - 0.02) < 0.01
     sape.check_compatible(window_size=7, with_cls_token=False)
     # A layer without SaPE² attends plainly.
     grid = TokenGrid(2, 3, num_prefix=1)
@@ -593,6 +370,36 @@ def test_layers_tables_weight_decay_and_registry():
                                F.scaled_dot_product_attention(q, k, v))
     assert not torch.allclose(sape.attention(1, q, k, v, grid),
                               F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
+def test_decay_tables_decides_the_weight_decay_declaration():
+    options = dict(embed_dims=16, num_heads=2, num_layers=3, layers=[0, 2])
+    assert SaPE2(**options).no_weight_decay() == {'position_tables.0', 'position_tables.2'}
+    # The authors' code decays the tables: nothing declared.
+    assert SaPE2(decay_tables=True, **options).no_weight_decay() == set()
+
+
+def test_checkpoints_with_former_table_keys_load():
+    sape = SaPE2(embed_dims=16, num_heads=2, num_layers=4, layers=[1, 3], num_positions=5)
+    tables = {layer: torch.randn(2, 6, 8) for layer in (1, 3)}
+    # The layout before the per-block convention: 'position_tables.layer_<block>'.
+    sape.load_state_dict({f'position_tables.layer_{layer}': table
+                          for layer, table in tables.items()})
+    for layer, table in tables.items():
+        torch.testing.assert_close(sape.position_tables[str(layer)].data, table, rtol=0, atol=0)
+    # Nested in a backbone, alone or in a stack, under the backbone's prefix.
+    from mmsape.models import PosEncViT
+    arch = dict(embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)
+    for pos_encoding, key in [(dict(type='SaPE2'), 'pos_encoding.position_tables'),
+                              ([dict(type='LearnedAPE'), dict(type='SaPE2')],
+                               'pos_encoding.encodings.1.position_tables')]:
+        model = PosEncViT(arch=arch, img_size=32, patch_size=8, pos_encoding=pos_encoding)
+        state = model.state_dict()
+        table = torch.randn_like(state.pop(f'{key}.1'))
+        state[f'{key}.layer_1'] = table
+        result = model.load_state_dict(state, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        torch.testing.assert_close(model.state_dict()[f'{key}.1'], table, rtol=0, atol=0)
 
 
 def test_wrong_token_count_raises():

@@ -1,4 +1,4 @@
-"""Memory-lean exact SaPE² attention: FlashAttention-style kernels.
+"""Memory-lean exact SaPE² attention: FlashAttention-style kernels over query blocks.
 
 Computes, for every batch element and head,
 
@@ -7,24 +7,18 @@ Computes, for every batch element and head,
 
 where each axis contributes the matmul-form squared distance
 ``sq_a = query_factors_a @ key_factors_a^T`` (see
-:func:`~mmsape.models.pos_encodings.sape2.squared_distance_factors`), either as
-is (``root=False``, the squared-distance model) or through the safe square root
-of :func:`~mmsape.models.pos_encodings.sape2.safe_sqrt` (``root=True``):
-``D = sqrt(sq)`` where ``sq > floor`` and ``D = 0`` with zero gradient at or
-below the rounding floor.
+:func:`~.functional.squared_distance_factors`), either as is (``root=False``,
+the squared-distance model) or through the safe square root of
+:func:`~.functional.safe_sqrt` (``root=True``): ``D = sqrt(sq)`` where
+``sq > floor`` and ``D = 0`` with zero gradient at or below the rounding floor.
 
-Two kernels compute it, with the same results up to float rounding:
+:func:`sape2_block_attention` is the one entry point; it picks the kernel for
+the inputs' device and dtype (a compiled kernel for another device joins there
+and in :func:`uses_compiled_kernel`). The kernels give the same results up to
+float rounding:
 
-* a compiled CPU kernel (``csrc/sape2_attention_cpu.cpp``) for float32 CPU
-  tensors: square tiles, one BLAS call per product and tile, the element-wise
-  work (roots, online softmax, softmax backward, chain rule into the factors)
-  fused into one vectorised pass per tile while it is in cache, and the
-  distances of each pair of tiles computed once for both orientations (they
-  are symmetric; the most expensive part of the bias). It
-  is built with the PyTorch C++ extension tool the first time it is needed
-  (about 40 s; cached in ``TORCH_EXTENSIONS_DIR``). Set
-  ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning
-  says why and the Python kernel runs instead;
+* the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for float32 CPU
+  tensors (tiled, each pair of distance tiles computed once);
 * :class:`SaPE2AttentionFunction`, a pure-PyTorch autograd function over query
   blocks: every other device and dtype (CUDA, float64, half).
 
@@ -32,7 +26,9 @@ Memory. Both keep only q, k, v, the output, the factors and the per-row
 logsumexp for backward, i.e. O(N * (d + W + H)) per head, and recompute the
 probabilities of each block in backward. The Python kernel walks over blocks
 of ``block_size`` queries of one (batch, head) at a time on a handful of
-``block_size x N`` buffers, allocated once per call.
+``block_size x N`` buffers, allocated once per call. Neither has attention
+dropout: :func:`checkpointed_block_attention` serves that case with the same
+memory bound.
 
 Speed of the Python kernel. On CPU the per-element work between the matmuls
 dominates once the matmuls are done per (batch, head) and block (so that the
@@ -46,19 +42,18 @@ root, then set to exactly 0 by a second ``threshold``; see
 :func:`_distance_block`. The results are those of
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
-import logging
 import math
-import os
-import os.path as osp
-import shutil
-import sys
-import warnings
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.utils.checkpoint import checkpoint
+
+from .functional import sape_bias
+from .sape2_attention_cpu import SaPE2CPUAttentionFunction, uses_cpu_kernel
 
 #: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
 #: buffers of a block are then about as large as a core's L2 cache, and the
@@ -268,120 +263,6 @@ def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> Li
     return floors.detach().reshape(num_heads, num_axes).tolist()
 
 
-#: Environment variable: ``0`` skips the compiled CPU kernel.
-CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
-_CPU_KERNEL_SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc',
-                              'sape2_attention_cpu.cpp')
-# The loaded extension, False once loading failed, None before the first try.
-_cpu_kernel = None
-
-# Compiler flags matching PyTorch's own vectorised CPU code paths
-# (``at::vec::Vectorized`` picks its implementation from these macros).
-_CAPABILITY_FLAGS = {
-    'AVX512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mfma',
-               '-DCPU_CAPABILITY=AVX512', '-DCPU_CAPABILITY_AVX512'],
-    'AVX2': ['-mavx2', '-mfma', '-DCPU_CAPABILITY=AVX2', '-DCPU_CAPABILITY_AVX2'],
-}
-
-
-def load_cpu_kernel():
-    """The compiled CPU kernel, built on first use; None where it is unavailable.
-
-    Unavailable when ``MMSAPE_SAPE2_CPU_KERNEL=0`` or when the build fails (no
-    C++ compiler, for one); the failure is reported once as a warning and the
-    Python kernel takes over, with the same results.
-    """
-    global _cpu_kernel
-    if os.environ.get(CPU_KERNEL_ENV, '1') == '0':
-        return None
-    if _cpu_kernel is None:
-        capability = torch.backends.cpu.get_cpu_capability()
-        _put_ninja_on_path()
-        try:
-            load = _import_extension_loader()
-            _cpu_kernel = load(
-                name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
-                sources=[_CPU_KERNEL_SOURCE],
-                extra_cflags=['-O3'] + _CAPABILITY_FLAGS.get(capability, []),
-                verbose=False)
-        except Exception as error:  # a missing compiler raises several kinds
-            _cpu_kernel = False
-            warnings.warn(
-                f'The compiled SaPE² CPU kernel could not be built ({type(error).__name__}: '
-                f'{error}); the Python kernel runs instead (same results, about 1.5x '
-                f'slower). Install a C++ compiler and ninja to get it, or set '
-                f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
-    return _cpu_kernel or None
-
-
-def _import_extension_loader():
-    """``torch.utils.cpp_extension.load``, imported without its CUDA_HOME warning
-    (irrelevant to a CPU-only extension)."""
-    logger = logging.getLogger('torch.utils.cpp_extension')
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils.cpp_extension import load
-    finally:
-        logger.setLevel(level)
-    return load
-
-
-def _put_ninja_on_path() -> None:
-    """PyTorch's extension builder runs ``ninja`` from PATH; the one pip installs
-    (requirements/runtime.txt) sits next to the interpreter, which is not on PATH
-    when a virtual environment's python is run without activating it."""
-    interpreter_dir = osp.dirname(sys.executable)
-    if shutil.which('ninja') is None and shutil.which('ninja', path=interpreter_dir):
-        os.environ['PATH'] = interpreter_dir + os.pathsep + os.environ.get('PATH', '')
-
-
-class SaPE2CPUAttentionFunction(torch.autograd.Function):
-    """Exact SaPE² attention through the compiled CPU kernel; O(N) memory.
-
-    The factors must be symmetric (see ``symmetric`` of :func:`sape2_block_attention`).
-
-    Use through :func:`sape2_block_attention`. Not twice differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
-                root: bool, sign: float, *factors: Tensor) -> Tensor:
-        kernel = load_cpu_kernel()
-        num_axes = len(factors) // 2
-        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
-        q3, k3, v3, *factors3 = (t.reshape(-1, num_tokens, t.shape[-1])
-                                 for t in (q, k, v, *factors))
-        floors2 = (floors.detach().reshape(q3.shape[0], num_axes).contiguous()
-                   if root else q3.new_empty(0))
-        scale = q.shape[-1]**-0.5
-        out, lse = kernel.forward(q3, k3, v3, factors3[:num_axes], factors3[num_axes:], floors2,
-                                  root, sign, scale)
-        ctx.save_for_backward(q3, k3, v3, out, lse, floors2, *factors3)
-        ctx.root, ctx.sign, ctx.scale, ctx.num_axes = root, sign, scale, num_axes
-        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
-        return out.view(*batch_shape, num_tokens, v.shape[-1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q3, k3, v3, out, lse, floors2, *factors3 = ctx.saved_tensors
-        grad_out = grad_out.reshape(out.shape).contiguous()
-        grads = load_cpu_kernel().backward(
-            grad_out, q3, k3, v3, out, lse, factors3[:ctx.num_axes], factors3[ctx.num_axes:],
-            floors2, ctx.root, ctx.sign, ctx.scale)
-        grads = [g.view(shape) if need else None
-                 for g, shape, need in zip(grads, ctx.shapes,
-                                           ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:])]
-        return (*grads[:3], None, None, None, *grads[3:])
-
-
-def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`sape2_block_attention` runs (symmetric) inputs of this
-    device and dtype through the compiled CPU kernel."""
-    return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
-
-
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
                           key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
                           sign: float = 1., block_size: int = 128,
@@ -390,8 +271,8 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     in query blocks, without any N x N tensor saved for backward.
 
     Float32 CPU inputs with ``symmetric=True`` go through the compiled CPU kernel
-    when it is available (:func:`load_cpu_kernel`), everything else through
-    :class:`SaPE2AttentionFunction`.
+    when it is available (:func:`~.sape2_attention_cpu.load_cpu_kernel`),
+    everything else through :class:`SaPE2AttentionFunction`.
 
     Args:
         q (Tensor): ``(..., N, d)`` queries.
@@ -401,7 +282,7 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
             factors of the squared distance (all-zero rows for prefix tokens).
         key_factors (Sequence[Tensor]): Per axis, ``(..., N, L_a + 2)`` key factors.
         floors (Tensor, optional): ``(..., num_axes)`` rounding floors of the
-            squared distances (:func:`~mmsape.models.pos_encodings.sape2.rounding_floor`);
+            squared distances (:func:`~.functional.rounding_floor`);
             only used with ``root=True``.
         root (bool): True: the bias sums the per-axis distances ``sqrt(sq)``
             (0 at or below the floor); False: it sums the squared distances
@@ -411,10 +292,10 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
             when ``block_size x N`` exceeds :data:`BLOCK_ELEMENTS` (but at least
             16). The compiled kernel has fixed cache-sized tiles. Defaults to 128.
         symmetric (bool): The factors of every axis are those that
-            :func:`~mmsape.models.pos_encodings.sape2.squared_distance_factors`
-            makes of one set of vectors, so ``qf_i . kf_n = qf_n . kf_i``: the
-            compiled kernel then computes the distances of each pair of tiles
-            once, for both orientations. Defaults to False.
+            :func:`~.functional.squared_distance_factors` makes of one set of
+            vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled kernel then
+            computes the distances of each pair of tiles once, for both
+            orientations. Defaults to False.
 
     Returns:
         Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
@@ -425,6 +306,8 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
     tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
+    # The kernel dispatch: a compiled kernel for another device joins here (and
+    # in uses_compiled_kernel), the Python kernel serves everything else.
     if symmetric and uses_cpu_kernel(q.device, q.dtype):
         return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
                                                *tensors[3:])
@@ -434,6 +317,64 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
                                         *tensors[3:])
 
 
-__all__ = ['BLOCK_ELEMENTS', 'CPU_KERNEL_ENV', 'SaPE2AttentionFunction',
-           'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'sape2_block_attention',
-           'uses_cpu_kernel']
+def uses_compiled_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`sape2_block_attention` runs symmetric inputs of this device
+    and dtype through a compiled kernel rather than the Python one."""
+    return uses_cpu_kernel(device, dtype)
+
+
+def checkpointed_block_attention(q: Tensor, k: Tensor, v: Tensor,
+                                 query_factors: Sequence[Tensor], key_factors: Sequence[Tensor],
+                                 distance: str, sign: float = 1., dropout_p: float = 0.,
+                                 block_size: int = 128) -> Tensor:
+    """The attention of :func:`sape2_block_attention`, with attention dropout.
+
+    Blocks of ``block_size`` queries attend by ``scaled_dot_product_attention``
+    with their ``(block, N)`` bias (:func:`~.functional.sape_bias`) as the mask;
+    each block is recomputed in backward (activation checkpointing), so the
+    memory bound is that of the block kernels, at a higher cost.
+
+    Args:
+        q (Tensor): ``(..., N, d)`` queries.
+        k (Tensor): ``(..., N, d)`` keys.
+        v (Tensor): ``(..., N, dv)`` values.
+        query_factors (Sequence[Tensor]): Per axis, ``(..., N, L_a + 2)``.
+        key_factors (Sequence[Tensor]): Per axis, ``(..., N, L_a + 2)``.
+        distance (str): See :func:`~.functional.sape_bias`.
+        sign (float): +1 or -1, the sign of the bias. Defaults to 1.
+        dropout_p (float): Attention dropout. Defaults to 0.
+        block_size (int): Queries per block. Defaults to 128.
+
+    Returns:
+        Tensor: ``(..., N, dv)``.
+    """
+    attend = partial(_attend_query_block, distance=distance, sign=sign, dropout_p=dropout_p)
+    # Recompute each block's bias in backward instead of keeping it: without
+    # this, autograd would hold every block's N-wide bias, i.e. N x N again.
+    recompute = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *query_factors, *key_factors))
+    outputs = []
+    for start in range(0, q.shape[-2], block_size):
+        stop = start + block_size
+        block_args = (q[..., start:stop, :], k, v,
+                      *(f[..., start:stop, :] for f in query_factors), *key_factors)
+        if recompute:
+            outputs.append(checkpoint(attend, *block_args, use_reentrant=False))
+        else:
+            outputs.append(attend(*block_args))
+    return torch.cat(outputs, dim=-2)
+
+
+def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
+                        distance: str, sign: float, dropout_p: float) -> Tensor:
+    """Attention of one block of queries; ``factors`` holds the block's per-axis
+    query factors followed by every token's key factors."""
+    num_axes = len(factors) // 2
+    with torch.autocast(device_type=q_block.device.type, enabled=False):
+        bias = sape_bias(factors[:num_axes], factors[num_axes:], distance, sign)
+    return F.scaled_dot_product_attention(
+        q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
+
+
+__all__ = ['BLOCK_ELEMENTS', 'SaPE2AttentionFunction', 'checkpointed_block_attention',
+           'sape2_block_attention', 'uses_compiled_kernel']

@@ -7,7 +7,7 @@
 //   out    = softmax(logits) v,
 //
 // where qf_a kf_a^T is the matmul form of the squared distances of the SaPE
-// vectors along axis a (see squared_distance_factors in sape2.py) and
+// vectors along axis a (see squared_distance_factors in functional.py) and
 // saferoot(x, f) = x > f ? sqrt(x) : 0 (a norm's subgradient 0 at 0).
 //
 // The N x N logits never exist: tokens are taken in square tiles of kTile, and
@@ -24,8 +24,8 @@
 //
 // Memory: a few tile buffers per thread plus O(N) per (batch, head). Threads
 // split the (batch, head) pairs. Float32, contiguous (BH, N, C) tensors only;
-// the Python wrapper (sape2_kernels.py) checks and falls back to its own
-// kernel otherwise.
+// the Python dispatcher (sape2_block_attention in block_attention.py) checks
+// and falls back to its own kernel otherwise.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>

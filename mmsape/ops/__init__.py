@@ -1,0 +1,1 @@
+"""Tensor operations and their kernels (torch only; nothing here imports models)."""

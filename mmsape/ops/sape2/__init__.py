@@ -1,0 +1,44 @@
+"""SaPE² operations: the functional math, the exact block-attention kernels and
+their compiled CPU source (``csrc/``).
+
+:mod:`.functional` holds the equations as tensor functions, :mod:`.block_attention`
+the FlashAttention-style kernels and their dispatch, :mod:`.sape2_attention_cpu`
+the loader of the compiled CPU kernel. The registered module that owns the
+tables is :class:`mmsape.models.SaPE2`.
+"""
+from .block_attention import (
+    BLOCK_ELEMENTS,
+    SaPE2AttentionFunction,
+    checkpointed_block_attention,
+    sape2_block_attention,
+    uses_compiled_kernel,
+)
+from .functional import (
+    axis_sape_vectors,
+    contextual_positions,
+    fused_squared_distance_qk,
+    interpolate_table,
+    pairwise_l2,
+    pairwise_squared_l2,
+    rounding_floor,
+    safe_sqrt,
+    sape_bias,
+    sape_vectors,
+    squared_distance_factors,
+    table_positions,
+)
+from .sape2_attention_cpu import (
+    CPU_KERNEL_ENV,
+    SaPE2CPUAttentionFunction,
+    load_cpu_kernel,
+    uses_cpu_kernel,
+)
+
+__all__ = [
+    'contextual_positions', 'table_positions', 'interpolate_table', 'axis_sape_vectors',
+    'sape_vectors', 'squared_distance_factors', 'pairwise_squared_l2', 'rounding_floor',
+    'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk', 'BLOCK_ELEMENTS',
+    'SaPE2AttentionFunction', 'checkpointed_block_attention', 'sape2_block_attention',
+    'uses_compiled_kernel', 'CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel',
+    'uses_cpu_kernel'
+]

@@ -1,0 +1,65 @@
+"""The contracts every attention-level encoding shares: the ``layers`` gate and,
+for bias encodings, ``attention_bias`` as what the attention adds."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmsape.models.pos_encodings import (
+    AttentionBiasPositionEncoding,
+    AttentionPositionEncoding,
+    TokenGrid,
+    build_pos_encoding,
+)
+
+BACKBONE = dict(embed_dims=16, num_heads=2, num_layers=4)
+GRID = TokenGrid(2, 3, num_prefix=1)
+ATTENTION_ENCODINGS = [dict(type='CoPE1D'), dict(type='RoPE2D'), dict(type='RoPE2D', mode='mixed'),
+                       dict(type='SaPE2', impl='dense'), dict(type='SaPE2', impl='chunked'),
+                       dict(type='ALiBi2D')]
+BIAS_ENCODINGS = [cfg for cfg in ATTENTION_ENCODINGS if cfg['type'] != 'RoPE2D']
+
+
+@pytest.fixture(autouse=True, scope='module')
+def register_project():
+    import projects.alibi2d.alibi2d  # noqa: F401  (what custom_imports does)
+
+
+def qkv(dtype=torch.float64):
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 2, GRID.num_tokens, 8, generator=generator, dtype=dtype)
+            for _ in range(3)]
+
+
+@pytest.mark.parametrize('cfg', ATTENTION_ENCODINGS, ids=str)
+def test_blocks_outside_layers_attend_plainly(cfg):
+    encoding = build_pos_encoding({**cfg, 'layers': [1, -1]}, **BACKBONE).double()
+    assert isinstance(encoding, AttentionPositionEncoding) and encoding.acts_in_attention
+    assert encoding.layers == (1, 3)
+    q, k, v = qkv()
+    plain = F.scaled_dot_product_attention(q, k, v)
+    for layer in (0, 2):
+        torch.testing.assert_close(encoding.attention(layer, q, k, v, GRID), plain,
+                                   rtol=0, atol=0)
+    assert not torch.allclose(encoding.attention(1, q, k, v, GRID), plain)
+
+
+@pytest.mark.parametrize('cfg', BIAS_ENCODINGS, ids=str)
+def test_attention_adds_the_attention_bias(cfg):
+    encoding = build_pos_encoding(cfg, **BACKBONE).double()
+    assert isinstance(encoding, AttentionBiasPositionEncoding)
+    q, k, v = qkv()
+    bias = encoding.attention_bias(2, q, k, GRID)
+    # Prefix rows and columns unbiased.
+    assert bias[..., :1, :].abs().max() == 0 and bias[..., :, :1].abs().max() == 0
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
+    expected = torch.softmax(logits, dim=-1) @ v
+    torch.testing.assert_close(encoding.attention(2, q, k, v, GRID), expected,
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize('cfg', ATTENTION_ENCODINGS, ids=str)
+def test_layers_option_names_the_bad_index(cfg):
+    with pytest.raises(ValueError, match='layers contains 4'):
+        build_pos_encoding({**cfg, 'layers': [0, 4]}, **BACKBONE)
