@@ -64,10 +64,10 @@ test_evaluator = val_evaluator
 
 max_iters = 300
 optim_wrapper = dict(
+    # No weight decay on what the model declares in no_weight_decay().
+    constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.,
-                       custom_keys={'cls_token': dict(decay_mult=0.),
-                                    'pos_encoding': dict(decay_mult=0.)}),
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),

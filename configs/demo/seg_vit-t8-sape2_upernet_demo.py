@@ -107,10 +107,10 @@ test_evaluator = val_evaluator
 max_iters = 300
 optim_wrapper = dict(
     type='OptimWrapper',
+    # No weight decay on what the model declares in no_weight_decay().
+    constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(custom_keys={'pos_encoding': dict(decay_mult=0.),
-                                    'cls_token': dict(decay_mult=0.),
-                                    'norm': dict(decay_mult=0.)}),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}),
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),

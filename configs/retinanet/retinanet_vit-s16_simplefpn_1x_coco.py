@@ -37,9 +37,6 @@ optim_wrapper = dict(
     type='OptimWrapper',
     constructor='mmsape.LayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        layer_decay_rate=0.7,
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        custom_keys={'pos_encoding': dict(decay_mult=0.)}),
+    # Also no weight decay on what the model declares in no_weight_decay().
+    paramwise_cfg=dict(layer_decay_rate=0.7, norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=1.0, norm_type=2))

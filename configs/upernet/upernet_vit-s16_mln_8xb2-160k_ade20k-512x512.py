@@ -23,6 +23,7 @@ model = dict(
         init_cfg=dict(type='Pretrained',
                       checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth')))
 
-# No weight decay on any position-encoding parameter (APE table, PEG conv,
-# SaPE2 / CoPE tables, RoPE frequencies), as each paper does for its own.
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'pos_encoding': dict(decay_mult=0.)}))
+# No weight decay on the parameters the model declares in no_weight_decay()
+# (APE table, PEG conv, SaPE2 / CoPE tables, RoPE frequencies, class token), as
+# each paper does for its own: the constructor reads them.
+optim_wrapper = dict(constructor='mmsape.DeclaredDecayOptimWrapperConstructor')

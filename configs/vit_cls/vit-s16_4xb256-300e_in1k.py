@@ -14,4 +14,6 @@ model = dict(
         out_type='cls_token',
         pos_encoding=dict(type='mmsape.LearnedAPE')))
 
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'pos_encoding': dict(decay_mult=0.)}))
+# Parameters the model declares in no_weight_decay() (position tables, class
+# token) get no weight decay: the constructor reads them.
+optim_wrapper = dict(constructor='mmsape.DeclaredDecayOptimWrapperConstructor')

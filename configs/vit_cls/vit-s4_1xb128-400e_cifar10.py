@@ -30,12 +30,12 @@ train_dataloader = dict(batch_size=128)
 val_dataloader = dict(batch_size=256)
 test_dataloader = val_dataloader
 
+# The class token and position-encoding parameters get no weight decay: the
+# model declares them in no_weight_decay() and the constructor reads them.
 optim_wrapper = dict(
+    constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        custom_keys={'cls_token': dict(decay_mult=0.), 'pos_encoding': dict(decay_mult=0.)}),
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=10,

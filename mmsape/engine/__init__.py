@@ -1,9 +1,9 @@
 """Hooks and optimizer constructors registered in the mmsape scope."""
 from .hooks import ProgressBarHook, TorchRNGStateHook
-from .optimizers import LayerDecayOptimWrapperConstructor
+from .optimizers import DeclaredDecayOptimWrapperConstructor, LayerDecayOptimWrapperConstructor
 from .wrappers import CPUDistributedDataParallel
 
 __all__ = [
-    'CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'ProgressBarHook',
-    'TorchRNGStateHook'
+    'CPUDistributedDataParallel', 'DeclaredDecayOptimWrapperConstructor',
+    'LayerDecayOptimWrapperConstructor', 'ProgressBarHook', 'TorchRNGStateHook'
 ]
