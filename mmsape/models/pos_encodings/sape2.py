@@ -225,9 +225,8 @@ class SaPE2(AttentionBiasPositionEncoding):
         former = re.compile(re.escape(prefix) + r'position_tables\.layer_(\d+)$')
         for key in list(state_dict):
             match = former.match(key)
-            new_key = f'{prefix}position_tables.{match.group(1)}' if match else None
-            if new_key is not None and new_key not in state_dict:
-                state_dict[new_key] = state_dict.pop(key)
+            if match and f'{prefix}position_tables.{match[1]}' not in state_dict:
+                state_dict[f'{prefix}position_tables.{match[1]}'] = state_dict.pop(key)
 
     # --------------------------------------------------------------- forward
     @property
