@@ -12,6 +12,7 @@ MODULES = [
     'mmsape.models.pos_encodings.rope',
     'mmsape.models.pos_encodings.cope',
     'mmsape.models.pos_encodings.sape2',
+    'mmsape.models.utils.vit_pretrained',
     'projects.alibi2d.alibi2d.alibi2d',
 ]
 
