@@ -12,6 +12,8 @@ MODULES = [
     'mmsape.models.pos_encodings.rope',
     'mmsape.models.pos_encodings.cope',
     'mmsape.models.pos_encodings.sape2',
+    'mmsape.utils.atomic_io',
+    'mmsape.utils.state_dict_report',
     'projects.alibi2d.alibi2d.alibi2d',
 ]
 

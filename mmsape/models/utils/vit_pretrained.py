@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from mmsape.utils.checkpoint import format_state_dict_report, load_checkpoint_safely
+from mmsape.utils import format_state_dict_report, load_checkpoint_safely
 
 #: (pattern, replacement) applied in order to every key, after prefix removal.
 #: timm and DeiT keys already match mmsape's names.
