@@ -23,12 +23,13 @@ sys.path.insert(0, str(ROOT))
 from mmsape.datasets import ensure_demo_data  # noqa: E402
 
 TASKS = {
-    'seg': dict(config='configs/demo/seg_vit-t8-sape2_upernet_demo.py',
-                metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation'),
-    'det': dict(config='configs/demo/det_vit-s16-sape2_mask-rcnn_demo.py',
-                metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP',
-                         'coco/segm_mAP_50'],
-                title='COCO-format instance segmentation'),
+    'seg': dict(
+        config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
+        metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation'),
+    'det': dict(
+        config='configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+        title='COCO-format instance segmentation'),
 }
 
 
@@ -60,8 +61,8 @@ def main() -> None:
     for task in args.tasks:
         spec = TASKS[task]
         work_dir = Path(args.work_dir) / task
-        options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-                   f'param_scheduler.1.end={args.iters}']
+        # The configs' schedules end with training (MMEngine's default `end`).
+        options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}']
         if args.pos_encoding:
             options.append(f'model.backbone.pos_encoding.type={args.pos_encoding}')
         run([sys.executable, 'tools/train.py', spec['config'], '--work-dir', str(work_dir),

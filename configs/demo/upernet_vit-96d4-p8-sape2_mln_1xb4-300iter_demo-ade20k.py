@@ -1,6 +1,8 @@
 # Demo: a small SaPE2 ViT + MultiLevelNeck + UPerNet, trained on CPU in minutes on
 # the generated ADE20K-format set (python tools/misc/generate_demo_data.py).
-# Same structure as configs/upernet/ (mmseg's DeiT-S UPerNet recipe), scaled down.
+# Same structure as configs/upernet/ (mmseg's DeiT-S UPerNet recipe), scaled down:
+# vit-96d4-p8 is a custom ViT of 96 channels and 4 blocks (3 heads) on 8-pixel
+# patches, not a ViT-T/S.
 _base_ = ['mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
 
@@ -114,7 +116,8 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    dict(type='PolyLR', eta_min=0., power=1.0, begin=30, end=max_iters, by_epoch=False),
+    # no `end`: MMEngine's Runner ends it with training (train_cfg.max_iters)
+    dict(type='PolyLR', eta_min=0., power=1.0, begin=30, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')

@@ -1,6 +1,7 @@
 # Demo: a small SaPE2 ViT classifier on the generated ImageNet-style folders
 # (mmpretrain's CustomDataset), trainable on CPU in minutes. Same structure as
-# configs/vit_cls/ (DeiT-style recipe), scaled down.
+# configs/vit_cls/ (DeiT-style recipe), scaled down: vit-96d4-p8 is a custom
+# ViT of 96 channels and 4 blocks (3 heads) on 8-pixel patches, not a ViT-T/S.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
 
@@ -71,7 +72,8 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min=1e-5),
+    # no `end`: MMEngine's Runner ends it with training (train_cfg.max_iters)
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, eta_min=1e-5),
 ]
 train_cfg = dict(by_epoch=False, max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict()

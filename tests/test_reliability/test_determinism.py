@@ -18,7 +18,7 @@ from mmsape.apis import build_runner, load_config
 from mmsape.datasets import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/demo/cls_vit-t8-sape2_demo.py'
+CONFIG = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 MAX_ITERS = 3
 
 
