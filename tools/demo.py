@@ -17,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
+
+from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +47,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def schedule_end_options(config: str, iters: int) -> List[str]:
+    """--cfg-options that end the config's schedule with a run of ``iters``
+    iterations: the schedulers that end with its training, found by that
+    ``end`` rather than by their position in the list."""
+    cfg = Config.fromfile(str(ROOT / config))
+    return [f'param_scheduler.{index}.end={iters}'
+            for index, scheduler in enumerate(cfg.param_scheduler)
+            if scheduler.get('end') == cfg.train_cfg.max_iters]
+
+
 def run(command: list) -> None:
     print('\n$ ' + ' '.join(command), flush=True)
     result = subprocess.run(command, cwd=ROOT)
@@ -61,8 +74,8 @@ def main() -> None:
     for task in args.tasks:
         spec = TASKS[task]
         work_dir = Path(args.work_dir) / task
-        # The configs' schedules end with training (MMEngine's default `end`).
-        options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}']
+        options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
+                   *schedule_end_options(spec['config'], args.iters)]
         if args.pos_encoding:
             options.append(f'model.backbone.pos_encoding.type={args.pos_encoding}')
         run([sys.executable, 'tools/train.py', spec['config'], '--work-dir', str(work_dir),

@@ -101,9 +101,8 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    # no `end`: MMEngine's Runner ends it with training (train_cfg.max_iters)
-    dict(type='MultiStepLR', by_epoch=False, begin=0, milestones=[int(max_iters * 0.8)],
-         gamma=0.1),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.8)], gamma=0.1),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')

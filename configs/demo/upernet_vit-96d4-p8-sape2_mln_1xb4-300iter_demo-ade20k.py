@@ -116,8 +116,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    # no `end`: MMEngine's Runner ends it with training (train_cfg.max_iters)
-    dict(type='PolyLR', eta_min=0., power=1.0, begin=30, by_epoch=False),
+    dict(type='PolyLR', eta_min=0., power=1.0, begin=30, end=max_iters, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')

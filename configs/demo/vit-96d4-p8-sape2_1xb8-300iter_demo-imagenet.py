@@ -72,8 +72,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    # no `end`: MMEngine's Runner ends it with training (train_cfg.max_iters)
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, eta_min=1e-5),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min=1e-5),
 ]
 train_cfg = dict(by_epoch=False, max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict()

@@ -35,18 +35,21 @@ def demo_root() -> Path:
 
 
 def short_run(config: str, iters: int, checkpoint_every: int) -> list:
-    """--cfg-options that shorten a demo config to ``iters`` iterations. The
-    schedules end with training (the configs leave ``end`` to MMEngine); the
-    warm-up (the config's LinearLR, found by type) shrinks to 2 iterations and
-    the schedulers that started after it start after 2."""
-    schedulers = Config.fromfile(ROOT / config).param_scheduler
-    warmup = find_entry_index(schedulers, 'LinearLR')
-    after_warmup = [index for index, scheduler in enumerate(schedulers)
-                    if scheduler.get('begin') == schedulers[warmup].end]
-    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-            f'default_hooks.checkpoint.interval={checkpoint_every}',
-            'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2',
-            *(f'param_scheduler.{index}.begin=2' for index in after_warmup)]
+    """--cfg-options that shorten a demo config to ``iters`` iterations: the
+    warm-up (the config's LinearLR, found by type) to 2 iterations, the
+    schedulers that started after it to start after 2, those that ended with
+    training to end at ``iters``."""
+    cfg = Config.fromfile(ROOT / config)
+    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'default_hooks.checkpoint.interval={checkpoint_every}',
+               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
+    for index, scheduler in enumerate(cfg.param_scheduler):
+        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
+            options.append(f'param_scheduler.{index}.begin=2')
+        if scheduler.get('end') == cfg.train_cfg.max_iters:
+            options.append(f'param_scheduler.{index}.end={iters}')
+    return options
 
 
 def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
