@@ -1,6 +1,6 @@
 """Latency and peak memory of a whole ViT-S backbone with each position encoding.
 
-Builds ``PosEncViT(arch='small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
+Builds ``PosEncViT(arch='deit-small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
 one class token, ``out_type='cls_token'``) for square images of ``--tokens``
 patch tokens (196 -> 224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px;
 ``img_size`` is the measured size, so learned APE is never interpolated), batch
@@ -106,7 +106,7 @@ def make_case(encoding: str, tokens: int,
 
     image_size = math.isqrt(tokens) * PATCH_SIZE
     device = torch.device(args.device)
-    model = PosEncViT(arch='small', img_size=image_size, patch_size=PATCH_SIZE,
+    model = PosEncViT(arch='deit-small', img_size=image_size, patch_size=PATCH_SIZE,
                       pos_encoding=ENCODINGS[encoding][1],
                       **BACKBONE_OPTIONS.get(encoding, {})).to(device)
     images = torch.randn(1, 3, image_size, image_size, device=device)

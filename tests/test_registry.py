@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+from builders import TINY_ARCH
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def test_scoped_type_found_from_other_toolboxes(toolbox):
         f'from {toolbox}.registry import MODELS\n'
         f'from {toolbox}.utils import register_all_modules\n'
         'register_all_modules()\n'
-        f"m = MODELS.build(dict(type='mmsape.PosEncViT', arch={TINY!r}, img_size=32,\n"
+        f"m = MODELS.build(dict(type='mmsape.PosEncViT', arch={TINY_ARCH!r}, img_size=32,\n"
         "                  patch_size=8, pos_encoding=dict(type='SaPE2')))\n"
         "print(type(m).__module__, type(m.pos_encoding).__name__)\n")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_plain_names_in_mmsape_scope():
     from mmsape.registry import MODELS
     from mmsape.utils import register_all_modules
     register_all_modules()
-    model = MODELS.build(dict(type='PosEncViT', arch=TINY, img_size=32, patch_size=8,
+    model = MODELS.build(dict(type='PosEncViT', arch=TINY_ARCH, img_size=32, patch_size=8,
                               pos_encoding=dict(type='PEG')))
     assert type(model.pos_encoding).__name__ == 'PEG'
 

@@ -9,7 +9,7 @@ from mmengine.config import Config
 from mmsape.testing.demo_data import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
-CLS_CONFIG = ROOT / 'configs' / 'demo' / 'cls_vit-t8-sape2_demo.py'
+CLS_CONFIG = ROOT / 'configs' / 'demo' / 'vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 
 
 def tiny_cls_config(pos_encoding: dict, work_dir: Path) -> Config:

@@ -18,7 +18,7 @@ from mmsape.utils import load_checkpoint_safely
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = Path(__file__).with_name('bare_runner_train.py')
-CONFIG = 'configs/demo/seg_vit-t8-sape2_upernet_demo.py'
+CONFIG = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
 MAX_ITERS = 4
 # Training only (no validation at the last iteration), small batches, a
 # checkpoint every 2 iterations, every loss logged, deterministic kernels.

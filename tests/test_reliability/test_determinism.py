@@ -17,7 +17,7 @@ from mmsape.testing.demo_data import ensure_demo_data
 from mmsape.utils import build_runner, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/demo/cls_vit-t8-sape2_demo.py'
+CONFIG = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 MAX_ITERS = 3
 
 

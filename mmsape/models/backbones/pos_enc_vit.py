@@ -169,10 +169,12 @@ class PosEncViT(BaseModule):
     of every batch.
 
     Args:
-        arch (str | dict): A key of :attr:`arch_zoo` ('tiny', 'small', 'base',
-            'large' or their 'deit-*' names) or a dict with ``embed_dims``,
-            ``num_layers``, ``num_heads`` and ``feedforward_channels``.
-            Defaults to 'small'.
+        arch (str | dict): A key of :attr:`arch_zoo` ('deit-tiny',
+            'deit-small', 'deit-base', or mmpretrain's 'base', 'large') or a dict
+            with ``embed_dims``, ``num_layers``, ``num_heads`` and
+            ``feedforward_channels``. There is no 'small': mmpretrain's
+            ``VisionTransformer`` uses it for a 768-channel, 8-block network,
+            timm for DeiT-S. Defaults to 'deit-small'.
         img_size (int | tuple[int, int]): Training image size; sets the base grid
             of tables stored per grid cell (learned APE). Any size is accepted
             at run time. Defaults to 224.
@@ -226,11 +228,13 @@ class PosEncViT(BaseModule):
         [(2, 64, 5, 7), (2, 64, 5, 7)]
     """
 
+    #: Only names that mean one network: DeiT's, and mmpretrain's where its
+    #: ``VisionTransformer.arch_zoo`` has the same network under the name.
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['t', 'tiny', 'deit-t', 'deit-tiny'],
+        **dict.fromkeys(['deit-t', 'deit-tiny'],
                         dict(embed_dims=192, num_layers=12, num_heads=3,
                              feedforward_channels=768)),
-        **dict.fromkeys(['s', 'small', 'deit-s', 'deit-small'],
+        **dict.fromkeys(['deit-s', 'deit-small'],
                         dict(embed_dims=384, num_layers=12, num_heads=6,
                              feedforward_channels=1536)),
         **dict.fromkeys(['b', 'base', 'deit-b', 'deit-base'],
@@ -240,10 +244,15 @@ class PosEncViT(BaseModule):
                         dict(embed_dims=1024, num_layers=24, num_heads=16,
                              feedforward_channels=4096)),
     }
+    #: Names mmsape once accepted, with the name of the same network now. They
+    #: are ambiguous: mmpretrain's 's' / 'small' is a 768-channel, 8-block ViT,
+    #: and it has no 't' / 'tiny'.
+    removed_archs: Dict[str, str] = {
+        't': 'deit-t', 'tiny': 'deit-tiny', 's': 'deit-s', 'small': 'deit-small'}
     OUT_TYPES = {'raw', 'cls_token', 'featmap', 'avg_featmap'}
 
     def __init__(self,
-                 arch: Union[str, dict] = 'small',
+                 arch: Union[str, dict] = 'deit-small',
                  img_size: Union[int, Tuple[int, int]] = 224,
                  patch_size: int = 16,
                  in_channels: int = 3,
@@ -357,6 +366,16 @@ class PosEncViT(BaseModule):
     def _resolve_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
             key = arch.lower()
+            if key in self.removed_archs:
+                replacement = self.removed_archs[key]
+                old = self.arch_zoo[replacement]
+                mmpretrain = ("calls a 768-channel, 8-block network 'small'"
+                              if key.startswith('s') else "has no 'tiny'")
+                raise ValueError(
+                    f"arch {arch!r} is ambiguous and no longer accepted: mmsape's {arch!r} "
+                    f"was {replacement!r} ({old['embed_dims']} channels, {old['num_layers']} "
+                    f"blocks), while mmpretrain's VisionTransformer {mmpretrain}. Use "
+                    f'arch={replacement!r} for the same network as before.')
             if key not in self.arch_zoo:
                 raise ValueError(f'Unknown arch {arch!r}; choose one of '
                                  f'{sorted(set(self.arch_zoo))} or pass a dict.')
