@@ -18,11 +18,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / 'mmsape'
 #: Top-level part of mmsape -> the parts it may import (besides itself and
 #: ``version``). ``apis`` is the top, ``registry`` and ``utils`` the bottom.
 MAY_IMPORT = {
-    'apis': {'analysis', 'models', 'engine', 'datasets', 'testing', 'ops', 'utils', 'registry'},
-    'analysis': {'models', 'ops', 'datasets', 'testing', 'utils', 'registry'},
+    'apis': {'analysis', 'models', 'engine', 'datasets', 'evaluation', 'testing', 'ops',
+             'utils', 'registry'},
+    'analysis': {'models', 'ops', 'datasets', 'evaluation', 'testing', 'utils', 'registry'},
     'models': {'ops', 'utils', 'registry'},
     'engine': {'utils', 'registry'},
     'datasets': {'utils', 'registry'},
+    'evaluation': {'utils', 'registry'},
     'testing': {'utils'},
     'ops': {'utils'},
     'utils': {'registry'},

@@ -85,13 +85,14 @@ def test_register_all_modules_goes_through_the_registry_locations():
     result = run_fresh(
         'import sys\n'
         'import mmsape.utils\n'
-        "upper = ('mmsape.models', 'mmsape.engine', 'mmsape.datasets')\n"
+        "upper = ('mmsape.models', 'mmsape.engine', 'mmsape.datasets', 'mmsape.evaluation')\n"
         'print(sorted(name for name in upper if name in sys.modules))\n'
         'mmsape.utils.register_all_modules()\n'
-        'from mmsape.registry import HOOKS, MODELS, POS_ENCODINGS, TRANSFORMS\n'
+        'from mmsape.registry import HOOKS, METRICS, MODELS, POS_ENCODINGS, TRANSFORMS\n'
         "expected = [(MODELS, 'PosEncViT'), (MODELS, 'PaddingAwareMaskRCNN'),\n"
         "            (MODELS, 'SimpleFPN'), (POS_ENCODINGS, 'SaPE2'),\n"
-        "            (HOOKS, 'AtomicCheckpointHook'), (TRANSFORMS, 'CheckSegLabelRange')]\n"
+        "            (HOOKS, 'AtomicCheckpointHook'), (TRANSFORMS, 'CheckSegLabelRange'),\n"
+        "            (METRICS, 'PerClassIoUMetric')]\n"
         # module_dict, not get(): get() would import the locations itself.
         'print([name for registry, name in expected if name not in registry.module_dict])\n')
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,17 +13,25 @@ from mmsape.testing.demo_data import (
     DEMO_CLS_CLASSES,
     DEMO_DET_CLASSES,
     DEMO_SEG_CLASSES,
+    FRAME_RELATION_SEG_CLASSES,
+    FRAME_RELATION_SEG_GROUPS,
+    FRAME_RELATION_SEG_PALETTE,
     MANIFEST_NAME,
     SEG_LOWER,
     SEG_UPPER,
+    anchor_side_label,
     classification_layout_label,
     detection_disc_label,
     ensure_demo_data,
+    frame_spot_label,
     generate_demo_data,
     generator,
     is_demo_data_current,
+    manifest_name,
+    read_demo_manifest,
     sample_classification_shapes,
     sample_detection_shapes,
+    sample_frame_relation_shapes,
     sample_segmentation_shapes,
     segmentation_pair_labels,
 )
@@ -155,6 +163,12 @@ def test_cli(tmp_path):
     assert is_demo_data_current(out, seed=2, num_train=6, num_val=2)
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and 'up to date' in result.stdout
+    result = subprocess.run(cmd + ['--variant', 'seg_frame_relation'], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert is_demo_data_current(out, seed=2, num_train=6, num_val=2,
+                                variant='seg_frame_relation')
+    assert is_demo_data_current(out, seed=2, num_train=6, num_val=2)
 
 
 # --------------------------------------------------------------------------- #
@@ -441,3 +455,135 @@ def test_segmentation_pair_labels_are_relative(demo_root):
             same_half += (upper_y < height / 2) == (lower_y < height / 2)
     # Some pairs sit in a single half: absolute position cannot explain the labels.
     assert same_half >= 5
+
+
+# --------------------------------------------------------------------------- #
+# The study's variant: frame-defined and relation-defined classes.
+# --------------------------------------------------------------------------- #
+FRAME_RELATION = 'seg_frame_relation'
+
+
+@pytest.fixture(scope='module')
+def frame_relation_root(tmp_path_factory) -> Path:
+    return generate_demo_data(tmp_path_factory.mktemp('study') / 'study', seed=0,
+                              num_train=24, num_val=8, variant=FRAME_RELATION)
+
+
+def hue_mask(image: np.ndarray, hue_range: Tuple[float, float]) -> np.ndarray:
+    """Saturated pixels whose hue (degrees, negative = below 360) is in the range."""
+    rgb = image.astype(np.float64) / 255
+    maximum, minimum = rgb.max(axis=2), rgb.min(axis=2)
+    chroma = np.maximum(maximum - minimum, 1e-9)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hue = np.where(maximum == r, ((g - b) / chroma) % 6,
+                   np.where(maximum == g, (b - r) / chroma + 2, (r - g) / chroma + 4)) * 60
+    hue = np.where(hue > 300, hue - 360, hue)
+    return ((saturation(image) > SATURATION_THRESHOLD) & (hue >= hue_range[0])
+            & (hue <= hue_range[1]))
+
+
+def test_variant_layout_manifest_and_determinism(frame_relation_root, tmp_path):
+    root = frame_relation_root
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith('.')) == \
+        sorted(['ade_frame_relation', manifest_name(FRAME_RELATION)])
+    manifest = read_demo_manifest(root, FRAME_RELATION)
+    assert manifest['complete'] and manifest['variant'] == FRAME_RELATION
+    assert is_demo_data_current(root, 0, 24, 8, variant=FRAME_RELATION)
+    assert not is_demo_data_current(root, 0, 24, 8)  # no demo data there
+    task = manifest['tasks']['ade_frame_relation']
+    assert tuple(task['classes']) == FRAME_RELATION_SEG_CLASSES
+    assert len(FRAME_RELATION_SEG_PALETTE) == len(FRAME_RELATION_SEG_CLASSES)
+    grouped = sum(FRAME_RELATION_SEG_GROUPS.values(), ())
+    assert sorted(grouped) == sorted(FRAME_RELATION_SEG_CLASSES)
+    assert task['upper_half_share']['train']['spot_top'] == 1.0
+    assert task['upper_half_share']['train']['spot_bottom'] == 0.0
+    assert (root / 'ade_frame_relation' / 'classes.txt').read_text().split() == \
+        list(FRAME_RELATION_SEG_CLASSES)
+    again = generate_demo_data(tmp_path / 'again', seed=0, num_train=24, num_val=8,
+                               variant=FRAME_RELATION)
+    assert read_tree(again) == read_tree(root)
+    with pytest.raises(ValueError, match='not a demo data variant'):
+        generate_demo_data(tmp_path / 'x', variant='seg_frame')
+
+
+def test_variants_share_a_folder_and_protect_foreign_data(tmp_path):
+    root = tmp_path / 'data'
+    generate_demo_data(root, num_train=3, num_val=1)
+    demo = read_tree(root)
+    ensure_demo_data(root, num_train=3, num_val=1, variant=FRAME_RELATION)
+    both = read_tree(root)
+    assert {name: both[name] for name in demo} == demo  # the demo is untouched
+    assert is_demo_data_current(root, 0, 3, 1) and \
+        is_demo_data_current(root, 0, 3, 1, variant=FRAME_RELATION)
+    # A folder of that name that the generator did not write is never replaced.
+    foreign = tmp_path / 'foreign'
+    (foreign / 'ade_frame_relation').mkdir(parents=True)
+    (foreign / 'ade_frame_relation' / 'mine.txt').write_text('keep')
+    with pytest.raises(FileExistsError, match=manifest_name(FRAME_RELATION)):
+        ensure_demo_data(foreign, num_train=3, num_val=1, variant=FRAME_RELATION)
+    assert (foreign / 'ade_frame_relation' / 'mine.txt').read_text() == 'keep'
+
+
+def test_variant_label_maps_follow_frame_and_relation(frame_relation_root):
+    """Read each layout region off the saved JPEG by its hue, without the
+    generator's code, and check its label against the two rules."""
+    ade = frame_relation_root / 'ade_frame_relation' / 'ADEChallengeData2016'
+    value = {name: index + 1 for index, name in enumerate(FRAME_RELATION_SEG_CLASSES)}
+    checked = 0
+    for split in SPLITS:
+        for label_path in sorted((ade / 'annotations' / ADE_FOLDERS[split]).glob('*.png')):
+            label = np.asarray(Image.open(label_path))
+            image = np.asarray(Image.open(ade / 'images' / ADE_FOLDERS[split] /
+                                          (label_path.stem + '.jpg')).convert('RGB'))
+            height = label.shape[0]
+            relation = hue_mask(image, demo_shapes._RELATION_HUE)
+            anchor = hue_mask(image, demo_shapes._CYAN_HUE)
+            spot = hue_mask(image, demo_shapes._FRAME_HUE)
+            assert relation.sum() > 10 and anchor.sum() > 10 and spot.sum() > 10
+            blob_y = np.nonzero(relation)[0].mean()
+            anchor_y = np.nonzero(anchor)[0].mean()
+            spot_y = np.nonzero(spot)[0].mean()
+            blob_class = anchor_side_label(blob_y, anchor_y)
+            spot_class = frame_spot_label(spot_y, height)
+            # Nearly every labelled pixel of each region carries its rule's class
+            # (JPEG blurs the edges; the boundary ring is 0, ignored).
+            for mask, name in ((relation, blob_class), (spot, spot_class),
+                               (anchor, 'cyan_anchor')):
+                assert np.mean(label[mask & (label > 0)] == value[name]) > 0.95
+            # The spot lies entirely inside its half of the image.
+            rows = np.nonzero(label == value[spot_class])[0]
+            assert (rows.max() < height / 2) if spot_class == 'spot_top' else \
+                (rows.min() >= height / 2)
+            checked += 1
+    assert checked == 24 + 8
+
+
+def test_variant_rules_flip_and_relation_position_says_nothing():
+    above_rows, below_rows = [], []
+    for index in range(2000):
+        rng = np.random.default_rng(index)
+        width, height = demo_shapes.sample_image_size(rng)
+        shapes = sample_frame_relation_shapes(rng, width, height)
+        blob, anchor = shapes[:2]
+        assert anchor.label == 'cyan_anchor' and blob.kind == anchor.kind
+        assert blob.label == anchor_side_label(blob.center[1], anchor.center[1])
+        for shape in shapes:  # inside the image, clear of each other
+            x0, y0, x1, y1 = shape.bbox_xyxy
+            assert 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height
+            others = [s.bbox_xyxy for s in shapes if s is not shape]
+            assert demo_shapes._boxes_clear(shape.bbox_xyxy, others)
+        # A vertical flip swaps the classes of both families, a horizontal one neither.
+        flipped = anchor_side_label(blob.vflipped(height).center[1],
+                                    anchor.vflipped(height).center[1])
+        assert flipped != blob.label
+        assert anchor_side_label(blob.hflipped(width).center[1],
+                                 anchor.hflipped(width).center[1]) == blob.label
+        for spot in (s for s in shapes if s.label.startswith('spot_')):
+            assert frame_spot_label(spot.vflipped(height).center[1], height) != spot.label
+        (above_rows if blob.label == 'above_anchor' else below_rows).append(
+            blob.center[1] / height)
+    # The blob's own place in the image has the same distribution in both classes:
+    # the frame cannot name them (the demo's pair members differ by ~0.3 here).
+    assert abs(len(above_rows) - len(below_rows)) < 200
+    assert abs(np.mean(above_rows) - np.mean(below_rows)) < 0.02
+    assert abs(np.mean(np.array(above_rows) < 0.5) - np.mean(np.array(below_rows) < 0.5)) < 0.05

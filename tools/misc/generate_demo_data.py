@@ -5,6 +5,9 @@ Example::
     python tools/misc/generate_demo_data.py --out data/demo
     python tools/misc/generate_demo_data.py --out data/demo --seed 1 \\
         --num-train 480 --num-val 160 --force
+    # the position-encoding study's segmentation set
+    python tools/misc/generate_demo_data.py --variant seg_frame_relation \\
+        --out data/pe_study --num-train 192 --num-val 64
 
 Without ``--force`` nothing is written when ``<out>`` already holds demo data
 of this generator version, seed and size. See :mod:`mmsape.testing.demo_data`
@@ -26,14 +29,17 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='data/demo', help='output directory')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--variant', default='demo', choices=sorted(demo_data.DATA_VARIANTS),
+                        help="what to generate: 'demo', the three demo datasets; "
+                        "'seg_frame_relation', the position-encoding study's segmentation set")
     parser.add_argument('--num-train', type=int, default=demo_data.DEFAULT_NUM_TRAIN,
                         help='training images per task')
     parser.add_argument('--num-val', type=int, default=demo_data.DEFAULT_NUM_VAL,
                         help='validation images per task')
     parser.add_argument(
         '--force', action='store_true',
-        help='regenerate even if up to date, and replace imagenet/ coco/ ade/ under '
-        '--out even when they were not written by this generator')
+        help='regenerate even if up to date, and replace the variant\'s folders under --out '
+        '(imagenet/ coco/ ade/ for the demo) even when this generator did not write them')
     return parser.parse_args()
 
 
@@ -41,22 +47,23 @@ def main() -> int:
     args = parse_args()
     out = Path(args.out)
     if not args.force and demo_data.is_demo_data_current(out, args.seed, args.num_train,
-                                                         args.num_val):
-        print(f'{out}: demo data up to date (seed {args.seed}, '
+                                                         args.num_val, args.variant):
+        print(f'{out}: {args.variant} data up to date (seed {args.seed}, '
               f'{args.num_train} train / {args.num_val} val per task); --force regenerates')
         return 0
     start = time.perf_counter()
     try:
         if args.force:
             demo_data.generate_demo_data(out, args.seed, args.num_train, args.num_val,
-                                         force=True)
+                                         force=True, variant=args.variant)
         else:
-            demo_data.ensure_demo_data(out, args.seed, args.num_train, args.num_val)
+            demo_data.ensure_demo_data(out, args.seed, args.num_train, args.num_val,
+                                       args.variant)
     except (FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
-    manifest = demo_data.read_demo_manifest(out) or {}
-    print(f'{out}: wrote demo data in {time.perf_counter() - start:.1f} s '
+    manifest = demo_data.read_demo_manifest(out, args.variant) or {}
+    print(f'{out}: wrote {args.variant} data in {time.perf_counter() - start:.1f} s '
           f'(seed {args.seed}, {args.num_train} train / {args.num_val} val per task)')
     for task, stats in manifest.get('tasks', {}).items():
         print(f'  {task}: {len(stats["classes"])} classes {tuple(stats["classes"])}')

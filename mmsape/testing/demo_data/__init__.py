@@ -61,6 +61,25 @@ to 2:1) and are mostly not multiples of 16, to exercise variable token grids.
   Label 0 marks a thin ring on every region boundary, where JPEG blurs colours:
   "other", ignored by the loss and the metric as in ADE20K.
 
+The position-encoding study's segmentation set (``variant='seg_frame_relation'``
+of :func:`generate_demo_data`, ``<out>/ade_frame_relation/`` in the same ADE20K
+layout, manifest ``seg_frame_relation_manifest.json``) measures both kinds of
+position in the same images, each kind in its own hue range
+(``FRAME_RELATION_SEG_CLASSES``, grouped in ``FRAME_RELATION_SEG_GROUPS``):
+
+* colour: ``background``, ``green_blob`` and ``cyan_anchor``;
+* frame: ``spot_top`` / ``spot_bottom``, one blob entirely inside the upper /
+  lower half of the image (:func:`frame_spot_label`);
+* relation: ``above_anchor`` / ``below_anchor``, a blob directly above / below a
+  cyan anchor (:func:`anchor_side_label`), placed so that the blob's own
+  position in the image has the same distribution in both classes.
+
+The demo's ``upper_blob`` / ``lower_blob`` are defined by the pair, but a pair
+spans a large part of the image height, so the image half alone names most of
+them; the manifests record, per class, the share of regions centred in the
+upper half (about 0.85 and 0.1 for the demo's pair members, 0.5 for both
+relation classes of the study set). See :func:`sample_frame_relation_shapes`.
+
 Horizontal flips preserve every label (so the usual ``RandomFlip`` stays valid);
 vertical flips, transposes and rotations do not, and crops may move a spot or a
 disc across the midline: prefer ``Resize`` to random crops on these tasks.
@@ -101,6 +120,7 @@ index)``, so a seed gives byte-identical files, and changing ``num_train`` or
 ``num_val`` leaves the images that exist in both runs unchanged.
 """
 from .generator import (
+                        DATA_VARIANTS,
                         DEFAULT_NUM_TRAIN,
                         DEFAULT_NUM_VAL,
                         GENERATOR_VERSION,
@@ -108,6 +128,7 @@ from .generator import (
                         ensure_demo_data,
                         generate_demo_data,
                         is_demo_data_current,
+                        manifest_name,
                         read_demo_manifest,
 )
 from .shapes import (
@@ -115,22 +136,30 @@ from .shapes import (
                         DEMO_DET_CLASSES,
                         DEMO_SEG_CLASSES,
                         DEMO_SEG_PALETTE,
+                        FRAME_RELATION_SEG_CLASSES,
+                        FRAME_RELATION_SEG_GROUPS,
+                        FRAME_RELATION_SEG_PALETTE,
                         SEG_LOWER,
                         SEG_UPPER,
                         DemoShape,
+                        anchor_side_label,
                         classification_layout_label,
                         detection_disc_label,
+                        frame_spot_label,
                         sample_classification_shapes,
                         sample_detection_shapes,
+                        sample_frame_relation_shapes,
                         sample_segmentation_shapes,
                         segmentation_pair_labels,
 )
 
 __all__ = [
     'DEMO_CLS_CLASSES', 'DEMO_DET_CLASSES', 'DEMO_SEG_CLASSES', 'DEMO_SEG_PALETTE',
-    'GENERATOR_VERSION', 'MANIFEST_NAME', 'DEFAULT_NUM_TRAIN', 'DEFAULT_NUM_VAL',
-    'SEG_UPPER', 'SEG_LOWER', 'DemoShape', 'classification_layout_label',
-    'detection_disc_label', 'segmentation_pair_labels', 'sample_classification_shapes',
-    'sample_detection_shapes', 'sample_segmentation_shapes', 'generate_demo_data',
-    'ensure_demo_data', 'is_demo_data_current', 'read_demo_manifest'
+    'FRAME_RELATION_SEG_CLASSES', 'FRAME_RELATION_SEG_GROUPS', 'FRAME_RELATION_SEG_PALETTE',
+    'GENERATOR_VERSION', 'MANIFEST_NAME', 'DATA_VARIANTS', 'DEFAULT_NUM_TRAIN',
+    'DEFAULT_NUM_VAL', 'SEG_UPPER', 'SEG_LOWER', 'DemoShape', 'classification_layout_label',
+    'detection_disc_label', 'segmentation_pair_labels', 'frame_spot_label',
+    'anchor_side_label', 'sample_classification_shapes', 'sample_detection_shapes',
+    'sample_segmentation_shapes', 'sample_frame_relation_shapes', 'generate_demo_data',
+    'ensure_demo_data', 'is_demo_data_current', 'read_demo_manifest', 'manifest_name'
 ]

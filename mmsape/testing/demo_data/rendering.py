@@ -46,12 +46,17 @@ def render_image(rng: np.random.Generator, width: int, height: int,
     return Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
 
 
-def render_label_map(width: int, height: int, shapes: Sequence[DemoShape]) -> np.ndarray:
-    """The uint8 label map of a segmentation image, boundary ring set to 0."""
+def render_label_map(width: int, height: int, shapes: Sequence[DemoShape],
+                     classes: Sequence[str] = DEMO_SEG_CLASSES) -> np.ndarray:
+    """The uint8 label map of a segmentation image, boundary ring set to 0.
+
+    A shape's value is its label's index in ``classes`` plus one; ``classes[0]``
+    is the background.
+    """
     canvas = Image.new('L', (width, height), SEG_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for shape in shapes:
-        value = DEMO_SEG_CLASSES.index(shape.label) + 1
+        value = classes.index(shape.label) + 1
         draw.polygon([tuple(p) for p in shape.polygon.tolist()], fill=value)
     labels = np.asarray(canvas, dtype=np.uint8).copy()
     # Pixels with a 4-neighbour of another class: JPEG mixes colours there, so

@@ -25,11 +25,32 @@ DEMO_SEG_PALETTE = [[120, 120, 120], [0, 200, 0], [220, 20, 60], [30, 144, 255]]
 SEG_IGNORE_VALUE = 0
 SEG_BACKGROUND, SEG_GREEN, SEG_UPPER, SEG_LOWER = 1, 2, 3, 4
 
+#: Segmentation classes of the ``'seg_frame_relation'`` variant (label values
+#: 1..K, 0 is "other"): position defined by the image frame and position
+#: defined by a neighbour, in the same images (:func:`sample_frame_relation_shapes`).
+FRAME_RELATION_SEG_CLASSES = ('background', 'green_blob', 'cyan_anchor', 'spot_top',
+                              'spot_bottom', 'above_anchor', 'below_anchor')
+FRAME_RELATION_SEG_PALETTE = [[120, 120, 120], [0, 200, 0], [0, 220, 220], [255, 140, 0],
+                              [140, 70, 20], [220, 20, 60], [30, 144, 255]]
+#: What tells the classes of the ``'seg_frame_relation'`` variant apart: colour
+#: alone, the half of the image frame (:func:`frame_spot_label`), or the side of
+#: the neighbour (:func:`anchor_side_label`).
+FRAME_RELATION_SEG_GROUPS = {
+    'colour': ('background', 'green_blob', 'cyan_anchor'),
+    'frame': ('spot_top', 'spot_bottom'),
+    'relation': ('above_anchor', 'below_anchor'),
+}
+
 MIN_SIDE, MAX_SIDE = 48, 160
 
 # Hue ranges (degrees). Layout objects never use the reserved easy-class hues,
 # so colour says nothing about a layout class.
 _LAYOUT_HUES = ((-50.0, 45.0), (220.0, 280.0))
+# The 'seg_frame_relation' variant gives each family of layout classes its own
+# part of the layout hues, far apart (red to yellow, blue to violet), and the
+# anchors the cyan of classification's easy class: colour tells a frame spot from
+# a relation blob, only position tells the classes of a family apart.
+_FRAME_HUE, _RELATION_HUE = (-20.0, 45.0), (225.0, 270.0)
 _GREEN_HUE = (112.0, 128.0)
 _CYAN_HUE = (180.0, 190.0)
 _BLOB_KINDS = ('disc', 'square', 'diamond')
@@ -125,7 +146,25 @@ def detection_disc_label(center_y: float, height: float) -> str:
     Returns:
         str: ``'top_disc'`` or ``'bottom_disc'``.
     """
-    return 'top_disc' if center_y < height / 2 else 'bottom_disc'
+    return 'top_disc' if _in_upper_half(center_y, height) else 'bottom_disc'
+
+
+def frame_spot_label(center_y: float, height: float) -> str:
+    """Class of a spot of the ``'seg_frame_relation'`` variant: the image half it
+    lies in, whatever else the image holds (position defined by the frame).
+
+    Args:
+        center_y (float): Spot centre row in pixels.
+        height (float): Image height in pixels.
+
+    Returns:
+        str: ``'spot_top'`` or ``'spot_bottom'``.
+    """
+    return 'spot_top' if _in_upper_half(center_y, height) else 'spot_bottom'
+
+
+def _in_upper_half(center_y: float, height: float) -> bool:
+    return center_y < height / 2
 
 
 def segmentation_pair_labels(center_y_a: float, center_y_b: float) -> Tuple[int, int]:
@@ -146,6 +185,23 @@ def segmentation_pair_labels(center_y_a: float, center_y_b: float) -> Tuple[int,
     if center_y_a < center_y_b:
         return SEG_UPPER, SEG_LOWER
     return SEG_LOWER, SEG_UPPER
+
+
+def anchor_side_label(center_y: float, anchor_center_y: float) -> str:
+    """Class of the relation blob of the ``'seg_frame_relation'`` variant: the
+    side of its anchor it sits on, wherever the two sit in the image (position
+    defined by the neighbour).
+
+    Args:
+        center_y (float): Centre row of the blob.
+        anchor_center_y (float): Centre row of its anchor.
+
+    Returns:
+        str: ``'above_anchor'`` or ``'below_anchor'``.
+    """
+    if center_y == anchor_center_y:
+        raise ValueError('a relation blob must sit above or below its anchor')
+    return 'above_anchor' if center_y < anchor_center_y else 'below_anchor'
 
 
 # --------------------------------------------------------------------------- #
@@ -378,6 +434,73 @@ def sample_segmentation_shapes(rng: np.random.Generator, width: int,
     shapes = [DemoShape(_blob_polygon(kind, cx, cy, radius), color,
                         DEMO_SEG_CLASSES[label - 1], kind)
               for (cx, cy), label in zip(centers, labels)]
+    return _add_green_blobs(rng, width, height, shapes)
+
+
+def sample_frame_relation_shapes(rng: np.random.Generator, width: int,
+                                 height: int) -> List[DemoShape]:
+    """The regions of one image of the ``'seg_frame_relation'`` variant, labelled
+    with ``FRAME_RELATION_SEG_CLASSES`` names.
+
+    Both kinds of position in one image; colour tells the kinds apart, only
+    position tells the classes of a kind apart:
+
+    * relation: a blob of the relation hues directly above or below (either
+      with probability 1/2) a ``cyan_anchor`` blob of the same shape and size,
+      named by its side of the anchor (:func:`anchor_side_label`). The blob's
+      centre row is drawn first, uniformly over the rows where the anchor fits
+      on both sides, so its position in the image has the same distribution in
+      both classes: the image frame says nothing about them;
+    * frame: a spot of the frame hues entirely inside the upper or the lower
+      half (either with probability 1/2), named by that half
+      (:func:`frame_spot_label`); left out in the rare image where 50 draws
+      find no free place;
+
+    then zero to two green blobs where they fit.
+
+    Args:
+        rng (np.random.Generator): Source of randomness (consumed).
+        width (int): Image width in pixels.
+        height (int): Image height in pixels.
+
+    Returns:
+        list[DemoShape]: The blob, its anchor, the spot, then the green blobs.
+    """
+    radius = _blob_radius(rng, width, height, scale=(0.06, 0.1))
+    kind = _BLOB_KINDS[int(rng.integers(len(_BLOB_KINDS)))]
+    reach = radius * 1.25 + _MARGIN
+    # Centre distance as for the demo's pairs (2.6 to 4 reaches), shortened in
+    # images too low to hold the anchor on both sides at that distance.
+    most = min(4.0 * reach, (height - 2 * reach) / 2)
+    offset_y = rng.uniform(min(2.6 * reach, most), most)
+    offset_x = rng.uniform(-0.35, 0.35) * offset_y
+    # (clamped spans: rounding can leave the lowest images a span of -1e-15)
+    cy = reach + offset_y + rng.uniform() * max(0.0, height - 2 * (reach + offset_y))
+    cx = reach + max(0.0, -offset_x) + rng.uniform() * max(
+        0.0, width - 2 * reach - abs(offset_x))
+    anchor_cy = cy + offset_y if rng.integers(2) else cy - offset_y
+    shapes = [
+        DemoShape(_blob_polygon(kind, cx, cy, radius), _hue_color(_RELATION_HUE, rng),
+                  anchor_side_label(cy, anchor_cy), kind),
+        DemoShape(_blob_polygon(kind, cx + offset_x, anchor_cy, radius),
+                  _hue_color(_CYAN_HUE, rng), 'cyan_anchor', kind)]
+    radius = _blob_radius(rng, width, height, scale=(0.06, 0.1))
+    kind = _BLOB_KINDS[int(rng.integers(len(_BLOB_KINDS)))]
+    color = _hue_color(_FRAME_HUE, rng)
+    y_low, y_high = (0.0, height / 2) if rng.integers(2) else (height / 2, height)
+    for _attempt in range(50):
+        cx, cy = _sample_blob_in_band(rng, width, y_low, y_high, radius)
+        spot = DemoShape(_blob_polygon(kind, cx, cy, radius), color,
+                         frame_spot_label(cy, height), kind)
+        if _boxes_clear(spot.bbox_xyxy, [s.bbox_xyxy for s in shapes]):
+            shapes.append(spot)
+            break
+    return _add_green_blobs(rng, width, height, shapes)
+
+
+def _add_green_blobs(rng: np.random.Generator, width: int, height: int,
+                     shapes: List[DemoShape]) -> List[DemoShape]:
+    """``shapes`` and zero to two green blobs placed clear of them."""
     for _ in range(int(rng.integers(0, 3))):
         green_radius = _blob_radius(rng, width, height)
         green_kind = _BLOB_KINDS[int(rng.integers(len(_BLOB_KINDS)))]

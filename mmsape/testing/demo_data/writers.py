@@ -1,7 +1,7 @@
 """The files of each task, in the layouts mmpretrain, mmdet and mmseg read."""
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -11,9 +11,11 @@ from .shapes import (
     DEMO_CLS_CLASSES,
     DEMO_DET_CLASSES,
     DEMO_SEG_CLASSES,
+    FRAME_RELATION_SEG_CLASSES,
     DemoShape,
     sample_classification_shapes,
     sample_detection_shapes,
+    sample_frame_relation_shapes,
     sample_image_size,
     sample_segmentation_shapes,
 )
@@ -25,7 +27,7 @@ JPEG_QUALITY = 95
 # disjoint from train2017's), which also keeps them stable when num_train changes.
 COCO_VAL_ID_OFFSET = 1_000_000
 
-_TASK_IDS = {'imagenet': 0, 'coco': 1, 'ade': 2}
+_TASK_IDS = {'imagenet': 0, 'coco': 1, 'ade': 2, 'ade_frame_relation': 3}
 _SPLIT_IDS = {'train': 0, 'val': 1}
 
 
@@ -116,18 +118,45 @@ def write_coco(root: Path, seed: int, counts: Dict[str, int]) -> dict:
                 num_annotations=num_annotations)
 
 
-def write_ade(root: Path, seed: int, counts: Dict[str, int]) -> dict:
+def write_ade(root: Path, seed: int, counts: Dict[str, int], task: str = 'ade',
+              classes: Sequence[str] = DEMO_SEG_CLASSES,
+              sample_shapes: Callable[..., List[DemoShape]] = sample_segmentation_shapes
+              ) -> dict:
+    """An ADE20K-layout segmentation set: ``sample_shapes(rng, width, height)``
+    decides each image's regions, labelled with names of ``classes``.
+
+    Returns the manifest entry: classes, image counts, and per split and class
+    the number of regions and the share of them centred in the upper half of
+    their image (how far the image frame alone predicts a layout class).
+    """
     ade = root / 'ADEChallengeData2016'
     folders = {'train': 'training', 'val': 'validation'}
+    num_shapes: Dict[str, Dict[str, int]] = {}
+    upper_half_share: Dict[str, Dict[str, float]] = {}
     for split, count in counts.items():
+        centres: Dict[str, List[bool]] = {name: [] for name in classes[1:]}
         for index in range(count):
-            rng = _image_rng(seed, 'ade', split, index)
+            rng = _image_rng(seed, task, split, index)
             width, height = sample_image_size(rng)
-            shapes = sample_segmentation_shapes(rng, width, height)
+            shapes = sample_shapes(rng, width, height)
             stem = f'ADE_{split}_{index + 1:08d}'
             _save_jpeg(render_image(rng, width, height, shapes),
                        ade / 'images' / folders[split] / f'{stem}.jpg')
-            _save_png(render_label_map(width, height, shapes),
+            _save_png(render_label_map(width, height, shapes, classes),
                       ade / 'annotations' / folders[split] / f'{stem}.png')
-    (root / 'classes.txt').write_text('\n'.join(DEMO_SEG_CLASSES) + '\n')
-    return dict(classes=list(DEMO_SEG_CLASSES), num_images=dict(counts))
+            for shape in shapes:
+                centres[shape.label].append(shape.center[1] < height / 2)
+        num_shapes[split] = {name: len(upper) for name, upper in centres.items()}
+        upper_half_share[split] = {name: round(float(np.mean(upper)), 4)
+                                   for name, upper in centres.items() if upper}
+    (root / 'classes.txt').write_text('\n'.join(classes) + '\n')
+    return dict(classes=list(classes), num_images=dict(counts), num_shapes=num_shapes,
+                upper_half_share=upper_half_share)
+
+
+def write_ade_frame_relation(root: Path, seed: int, counts: Dict[str, int]) -> dict:
+    """The ``'seg_frame_relation'`` variant: :func:`write_ade` with
+    ``FRAME_RELATION_SEG_CLASSES`` drawn by :func:`sample_frame_relation_shapes`."""
+    return write_ade(root, seed, counts, task='ade_frame_relation',
+                     classes=FRAME_RELATION_SEG_CLASSES,
+                     sample_shapes=sample_frame_relation_shapes)

@@ -1,0 +1,5 @@
+"""Evaluation metrics, registered in :data:`mmsape.registry.METRICS`
+(``type='mmsape.PerClassIoUMetric'`` from any toolbox's config)."""
+from .per_class_iou import PerClassIoUMetric
+
+__all__ = ['PerClassIoUMetric']
