@@ -1,5 +1,5 @@
 """The encodings every comparison covers, as backbone settings."""
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 #: name -> (``pos_encoding`` config, extra ``PosEncViT`` options). The order is
 #: the order of report tables.
@@ -16,3 +16,25 @@ COMPARED_ENCODINGS: Dict[str, Tuple[object, dict]] = {
     'SaPE2+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2')], {}),
     'none': (dict(type='NoPositionEncoding'), {}),
 }
+
+
+def encoding_components(name: str) -> List[dict]:
+    """The ``pos_encoding`` configs a row combines (one for a single encoding),
+    each with its ``type`` stripped of any scope (``'mmsape.PEG'`` -> ``'PEG'``)."""
+    cfg = COMPARED_ENCODINGS[name][0]
+    return [dict(part, type=part['type'].rsplit('.', 1)[-1])
+            for part in (cfg if isinstance(cfg, (list, tuple)) else [cfg])]
+
+
+def is_query_relative_sape2(name: str) -> bool:
+    """Whether a row is query-relative SaPE² alone or with PEG (nothing else):
+    the encodings issue 12's goal is about."""
+    parts = encoding_components(name)
+    sape = [p for p in parts if p['type'] == 'SaPE2' and p.get('count_from') == 'query']
+    return bool(sape) and all(p['type'] in ('SaPE2', 'PEG') for p in parts) and \
+        len(sape) == sum(p['type'] == 'SaPE2' for p in parts)
+
+
+def uses_sape2(name: str) -> bool:
+    """Whether a row contains SaPE² in any form."""
+    return any(part['type'] == 'SaPE2' for part in encoding_components(name))

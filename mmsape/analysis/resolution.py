@@ -74,16 +74,25 @@ def describe_size(height: int, width: int, base_hw: Tuple[int, int]) -> dict:
                 aspect=round((width / height) / (base_hw[1] / base_hw[0]), 4))
 
 
-def override_test_resize(pipeline: Sequence[dict], height: int, width: int) -> List[dict]:
-    """A copy of ``pipeline`` whose images come out exactly ``height x width``.
+def override_test_resize(pipeline: Sequence[dict], height: int, width: int,
+                         keep_ratio: bool = False) -> List[dict]:
+    """A copy of ``pipeline`` whose images come out exactly ``height x width``
+    (or, with ``keep_ratio``, scaled into that box).
 
     * With a ``CenterCrop`` (ImageNet-style ``ResizeEdge(256)`` + ``CenterCrop(224)``)
       the resize keeps its ratio to the crop: short edge
       ``ceil(scale * max(H, W) / crop)``, then a crop of ``(W, H)``.
-    * Otherwise every resize becomes ``Resize(scale=(W, H), keep_ratio=False)``.
+    * Otherwise every resize becomes ``Resize(scale=(W, H), keep_ratio=keep_ratio)``.
+      With ``keep_ratio=True`` each image keeps its aspect ratio and is scaled as
+      large as fits a long side of ``max(H, W)`` and a short side of
+      ``min(H, W)`` (mmcv's rule, whatever the image's orientation): a box twice
+      the training box shows every image at twice its training size, which is
+      the extrapolation protocol of CPVT / RoPE-ViT / LookHere for images of
+      mixed aspect ratios.
 
     Raises:
-        ValueError: If the pipeline has no resize to override.
+        ValueError: If the pipeline has no resize to override, or
+            ``keep_ratio`` is asked of a pipeline with a crop.
     """
     pipeline = copy.deepcopy(list(pipeline))
     resize_at = [i for i, t in enumerate(pipeline) if type_name_of(t) in RESIZE_TYPES]
@@ -91,6 +100,10 @@ def override_test_resize(pipeline: Sequence[dict], height: int, width: int) -> L
     if not resize_at:
         raise ValueError(f'The test pipeline has no {"/".join(RESIZE_TYPES)} transform to '
                          f'override: {[t.get("type") for t in pipeline]}.')
+    if crop_at and keep_ratio:
+        raise ValueError('keep_ratio=True scales whole images into a box; this test '
+                         'pipeline crops them to a fixed size (CenterCrop), so use '
+                         'keep_ratio=False.')
     if crop_at:
         crop = pipeline[crop_at[0]]
         crop_size = crop.get('crop_size', 224)
@@ -104,7 +117,8 @@ def override_test_resize(pipeline: Sequence[dict], height: int, width: int) -> L
         for i in resize_at[1:]:
             pipeline[i] = None
     else:
-        pipeline[resize_at[0]] = dict(type='Resize', scale=(width, height), keep_ratio=False)
+        pipeline[resize_at[0]] = dict(type='Resize', scale=(width, height),
+                                      keep_ratio=keep_ratio)
         for i in resize_at[1:]:
             pipeline[i] = None
     return [t for t in pipeline if t is not None]
@@ -121,7 +135,8 @@ def evaluate_at_sizes(config: Union[str, Config],
                       sizes: Sequence[dict],
                       work_dir: Optional[str] = None,
                       cfg_options: Optional[dict] = None,
-                      metrics: Optional[Sequence[str]] = None) -> List[dict]:
+                      metrics: Optional[Sequence[str]] = None,
+                      keep_ratio: bool = False) -> List[dict]:
     """Run the config's test loop once per size; one CSV row per (size, metric).
 
     Args:
@@ -134,6 +149,9 @@ def evaluate_at_sizes(config: Union[str, Config],
         metrics (Sequence[str], optional): Metric names to keep (as the
             evaluator names them, e.g. ``'mIoU'``, ``'accuracy/top1'``); all
             numeric ones by default.
+        keep_ratio (bool): Scale each image into the ``height x width`` box
+            keeping its aspect ratio instead of resizing it to exactly that size
+            (see :func:`override_test_resize`). Defaults to False.
 
     Returns:
         list[dict]: Rows with :data:`CSV_COLUMNS`.
@@ -150,7 +168,7 @@ def evaluate_at_sizes(config: Union[str, Config],
     for index, size in enumerate(sizes):
         size_cfg = copy.deepcopy(cfg)
         size_cfg.test_dataloader.dataset.pipeline = override_test_resize(
-            base_pipeline, size['height'], size['width'])
+            base_pipeline, size['height'], size['width'], keep_ratio)
         size_cfg.work_dir = osp.join(work_dir, f'{size["height"]}x{size["width"]}')
         size_cfg.load_from = checkpoint
         size_cfg.launcher = 'none'

@@ -44,6 +44,28 @@ def test_override_test_resize_per_task():
                                                          keep_ratio=False)
     with pytest.raises(ValueError, match='no'):
         override_test_resize([dict(type='PackInputs')], 8, 8)
+    assert override_test_resize(seg, 240, 480, keep_ratio=True)[1] == dict(
+        type='Resize', scale=(480, 240), keep_ratio=True)
+    with pytest.raises(ValueError, match='CenterCrop'):
+        override_test_resize(imagenet, 384, 384, keep_ratio=True)
+
+
+def test_keep_ratio_box_scales_every_orientation():
+    """keep_ratio=True: mmcv's Resize puts landscape and portrait images at the
+    same multiple of their training size (the box's sides scaled together)."""
+    import numpy as np
+    from mmcv.transforms import Resize
+    train_box = dict(type='Resize', scale=(160, 80), keep_ratio=True)
+    for shape in ((60, 140), (150, 70), (90, 90)):  # landscape, portrait, square (H, W)
+        image = np.zeros((*shape, 3), np.uint8)
+        base = Resize(**{k: v for k, v in train_box.items() if k != 'type'})(
+            dict(img=image))['img'].shape[:2]
+        resize = override_test_resize([dict(type='LoadImageFromFile'), train_box], 240, 480,
+                                      keep_ratio=True)[1]
+        tripled = Resize(**{k: v for k, v in resize.items() if k != 'type'})(
+            dict(img=image))['img'].shape[:2]
+        assert tripled[0] == pytest.approx(3 * base[0], abs=2)
+        assert tripled[1] == pytest.approx(3 * base[1], abs=2)
 
 
 def test_resolution_sweep_cli(tiny_models, tmp_path, capsys):

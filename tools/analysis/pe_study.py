@@ -1,163 +1,156 @@
-"""The position-encoding study: one command, CPU, well under an hour.
+"""The position-encoding study: one command, CPU, under an hour on two cores.
 
-Trains every position encoding with the same small ViT and budget on digits and
-on the demo segmentation set, measures resolution transfer and translation
-equivariance (the parts are described in :mod:`mmsape.analysis.pe_study`).
-Both parts run concurrently, one CPU thread each, then ``docs/pe_study/README.md``
-is written from their JSON results (every number in it comes from this run)::
+Trains every position encoding with the same small ViT and budget on digits
+(centred and randomly shifted training) and on the study's segmentation set,
+tests them at 1x..3x the training size without fine-tuning, on shifted inputs
+and for translation equivariance (the parts are described in
+:mod:`mmsape.analysis.pe_study`). The trainings run as independent jobs on
+``--workers`` single-thread processes; then ``docs/pe_study/README.md`` is
+written from their JSON results (every number in it comes from this run)::
 
     python tools/analysis/pe_study.py --out docs/pe_study
 
-``--quick`` shrinks everything to a smoke test (about a minute).
+``--quick`` shrinks everything to a smoke test (about a minute); ``--resume``
+reuses the results of an interrupted run (same protocol) from ``--work-dir``.
 """
 import argparse
 import json
 import os
 import os.path as osp
-import re
-import subprocess
 import sys
 import time
 from typing import List
 
-import torch
-
 from mmsape.analysis.encodings import COMPARED_ENCODINGS as ENCODINGS
 from mmsape.analysis.pe_study import report
-from mmsape.analysis.pe_study.digits import CANVAS, digits_canvases, train_digits
-from mmsape.analysis.pe_study.segmentation import SEG_ENCODINGS, train_seg
+from mmsape.analysis.pe_study.digits import TRAINING_PROTOCOLS
+from mmsape.analysis.pe_study.jobs import (
+    FULL_PROTOCOL,
+    QUICK_PROTOCOL,
+    StudyProtocol,
+    plan_jobs,
+    run_jobs,
+)
+from mmsape.analysis.pe_study.segmentation import SEG_DATA_ROOT, SEG_ENCODINGS, prepare_seg_data
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def run_digits(args) -> List[dict]:
-    torch.set_num_threads(1)
-    data = digits_canvases()
-    results = []
-    for seed in args.seeds:
-        for name in args.encodings:
-            result = train_digits(name, seed, args.epochs, args.quick, data)
-            results.append(result)
-            native = result['acc'][f'{CANVAS}x{CANVAS}']
-            print(f'[digits] {name:12s} seed {seed}: acc@{CANVAS} {native:.1f} '
-                  f'({result["train_s"]:.0f}s)', flush=True)
-            _dump(results, osp.join(args.out, 'digits_results.json'))
-    return results
-
-
-def run_seg(args) -> List[dict]:
-    torch.set_num_threads(1)
-    results = []
-    for seed in args.seeds:
-        for name in args.seg_encodings:
-            result = train_seg(name, seed, args.seg_iters,
-                               osp.join(args.work_dir, 'seg'), args.quick, ROOT)
-            results.append(result)
-            miou = {f'{r["height"]}x{r["width"]}': r['value'] for r in result['sweep']
-                    if r['metric'] == 'mIoU'}
-            print(f'[seg] {name:12s} seed {seed}: mIoU {miou} ({result["train_s"]:.0f}s)',
-                  flush=True)
-            _dump(results, osp.join(args.out, 'seg_results.json'))
-    return results
-
-
-def _dump(obj, path: str) -> None:
-    with open(path + '.tmp', 'w') as file:
-        json.dump(obj, file, indent=1)
-    os.replace(path + '.tmp', path)
-
-
-def write_report(args, digits: List[dict], seg: List[dict], wall_s: float) -> str:
-    """:func:`mmsape.analysis.pe_study.report.write_report` for this run's settings."""
-    return report.write_report(args.out, digits, seg, command=args.command, seeds=args.seeds,
-                               epochs=args.epochs, seg_iters=args.seg_iters,
-                               quick=args.quick, wall_s=wall_s)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='Train every position encoding on digits and the demo segmentation set, '
-        'measure resolution transfer and equivariance, write a markdown report.')
+        description='Train every position encoding on digits and the study\'s segmentation '
+        'set, test them at 1x..3x the training size, shifted and for equivariance, and '
+        'write a markdown report.')
     parser.add_argument('--out', default='docs/pe_study', help='report folder')
     parser.add_argument('--work-dir', default='work_dirs/pe_study',
-                        help='checkpoints and runner logs of the segmentation part')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=6, help='digits training epochs')
-    parser.add_argument('--seg-iters', type=int, default=150,
+                        help='per-job results, checkpoints and runner logs')
+    parser.add_argument('--data-root', default=None,
+                        help=f'where the segmentation set is generated (default: '
+                        f'{SEG_DATA_ROOT}; with --quick: <work-dir>/data)')
+    parser.add_argument('--workers', type=int, default=2,
+                        help='single-thread worker processes (1: run in this process)')
+    parser.add_argument('--seeds', type=int, nargs='+', default=None,
+                        help='seeds of both parts (default: the protocol\'s)')
+    parser.add_argument('--digits-seeds', type=int, nargs='+', default=None)
+    parser.add_argument('--seg-seeds', type=int, nargs='+', default=None)
+    parser.add_argument('--epochs', type=int, default=None, help='digits training epochs')
+    parser.add_argument('--seg-iters', type=int, default=None,
                         help='segmentation training iterations')
-    parser.add_argument('--encodings', nargs='+', default=list(ENCODINGS),
-                        choices=list(ENCODINGS), help='encodings of the digits part')
-    parser.add_argument('--seg-encodings', nargs='+', default=list(SEG_ENCODINGS),
-                        choices=list(ENCODINGS), help='encodings of the segmentation part')
+    parser.add_argument('--training', nargs='+', default=None, choices=TRAINING_PROTOCOLS,
+                        help='digits training protocols')
+    parser.add_argument('--encodings', nargs='+', default=None, choices=list(ENCODINGS),
+                        help='encodings of the digits part')
+    parser.add_argument('--seg-encodings', nargs='+', default=None, choices=list(ENCODINGS),
+                        help='encodings of the segmentation part')
     parser.add_argument('--part', choices=('all', 'digits', 'seg', 'report'), default='all',
-                        help="'all' runs digits and seg in parallel (one thread each); "
-                        "'report' rewrites README.md from the JSON results in --out, "
-                        "keeping the command and wall time recorded there")
+                        help="'report' rewrites README.md from the JSON results in --out")
     parser.add_argument('--no-seg', action='store_true', help='skip the segmentation part')
+    parser.add_argument('--resume', action='store_true',
+                        help='reuse finished jobs of an interrupted run with the same protocol')
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: 1 seed, 2 encodings, tiny model, few steps')
     args = parser.parse_args(argv)
     args.command = 'python tools/analysis/pe_study.py ' + ' '.join(
         argv if argv is not None else sys.argv[1:])
-    if args.quick:
-        args.seeds = args.seeds[:1]
-        args.epochs = 1
-        args.seg_iters = 2
-        if args.encodings == list(ENCODINGS):
-            args.encodings = ['APE', 'none']
-        if args.seg_encodings == list(SEG_ENCODINGS):
-            args.seg_encodings = ['APE']
+    base = QUICK_PROTOCOL if args.quick else FULL_PROTOCOL
+    args.protocol = StudyProtocol(
+        digits_seeds=tuple(args.digits_seeds or args.seeds or base.digits_seeds),
+        seg_seeds=tuple(args.seg_seeds or args.seeds or base.seg_seeds),
+        digits_epochs=args.epochs or base.digits_epochs,
+        seg_iters=args.seg_iters or base.seg_iters,
+        seg_num_train=base.seg_num_train, seg_num_val=base.seg_num_val,
+        training_protocols=tuple(args.training or base.training_protocols), quick=args.quick)
+    if args.encodings is None:
+        args.encodings = ['APE', 'none'] if args.quick else list(ENCODINGS)
+    if args.seg_encodings is None:
+        args.seg_encodings = ['APE'] if args.quick else list(SEG_ENCODINGS)
+    if args.data_root is None:
+        args.data_root = (osp.join(args.work_dir, 'data') if args.quick else
+                          osp.join(ROOT, SEG_DATA_ROOT))
+    # Kept for callers of the former options.
+    args.seeds = list(args.protocol.digits_seeds)
+    args.epochs, args.seg_iters = args.protocol.digits_epochs, args.protocol.seg_iters
     return args
+
+
+def run_record(args, wall_s: float) -> dict:
+    """What the report says about the run (also saved as ``run.json``)."""
+    return dict(command=args.command, wall_s=wall_s, workers=args.workers,
+                protocol=args.protocol.as_dict(), machine=report.machine())
+
+
+def write_report(args, digits: List[dict], seg: List[dict], wall_s: float) -> str:
+    """:func:`mmsape.analysis.pe_study.report.write_report` for this run's settings."""
+    return report.write_report(args.out, digits, seg, run_record(args, wall_s))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.work_dir, exist_ok=True)
-    if args.part == 'digits':
-        run_digits(args)
-        return 0
-    if args.part == 'seg':
-        run_seg(args)
-        return 0
     if args.part == 'report':
-        loaded = []
-        for part in ('digits', 'seg'):
-            path = osp.join(args.out, f'{part}_results.json')
-            loaded.append(json.load(open(path)) if osp.exists(path) else [])
-        wall_s = float('nan')
-        readme = osp.join(args.out, 'README.md')
-        if osp.exists(readme):
-            # Keep the run's own command and wall time: only the text is regenerated.
-            text = open(readme).read()
-            command = re.search(r'```bash\n(.*?)\n```', text)
-            wall = re.search(r'- wall time: ([0-9.]+) min', text)
-            args.command = command.group(1) if command else args.command
-            wall_s = 60 * float(wall.group(1)) if wall else wall_s
-        print(write_report(args, *loaded, wall_s=wall_s))
+        loaded = [_load_json(osp.join(args.out, f'{part}_results.json'), [])
+                  for part in ('digits', 'seg')]
+        run = _load_json(osp.join(args.out, 'run.json'), None)
+        if run is None:
+            print(f'{args.out}/run.json is missing: run the study first.', file=sys.stderr)
+            return 1
+        print(report.write_report(args.out, *loaded, run))
         return 0
     start = time.time()
-    seg_proc = None
-    if not args.no_seg:
-        # The segmentation part in a child process so the two run in parallel.
-        child = [sys.executable, osp.abspath(__file__), '--part', 'seg', '--out', args.out,
-                 '--work-dir', args.work_dir, '--seg-iters', str(args.seg_iters),
-                 '--seeds', *map(str, args.seeds), '--seg-encodings', *args.seg_encodings]
-        if args.quick:
-            child.append('--quick')
-        seg_log = open(osp.join(args.work_dir, 'seg_part.log'), 'w')
-        seg_proc = subprocess.Popen(child, stdout=seg_log, stderr=subprocess.STDOUT)
-    digits = run_digits(args)
-    seg = []
-    if seg_proc is not None:
-        if seg_proc.wait() != 0:
-            print(f'segmentation part failed; see {args.work_dir}/seg_part.log',
-                  file=sys.stderr)
-            return 1
-        with open(osp.join(args.out, 'seg_results.json')) as file:
-            seg = json.load(file)
-    print(write_report(args, digits, seg, time.time() - start))
+    with_seg = args.part in ('all', 'seg') and not args.no_seg
+    with_digits = args.part in ('all', 'digits')
+    jobs = plan_jobs(args.protocol, args.encodings if with_digits else [],
+                     args.seg_encodings if with_seg else [])
+    paths = dict(root=ROOT, work_dir=osp.abspath(args.work_dir), seg_data='')
+    if with_seg:
+        paths['seg_data'] = osp.abspath(prepare_seg_data(
+            args.data_root, args.protocol.seg_num_train, args.protocol.seg_num_val))
+    print(f'{len(jobs)} jobs on {args.workers} worker(s)', flush=True)
+    results, failures = run_jobs(jobs, args.protocol, paths,
+                                 osp.join(args.work_dir, 'results'), args.workers, args.resume,
+                                 log=lambda line: print(line, flush=True))
+    if failures:
+        print('failed jobs (the report is not written; rerun with --resume):\n  ' +
+              '\n  '.join(failures), file=sys.stderr)
+        return 1
+    digits = [r for r in results if 'acc' in r]
+    seg = [r for r in results if 'sweep' in r]
+    for part, part_results in (('digits', digits), ('seg', seg)):
+        with open(osp.join(args.out, f'{part}_results.json'), 'w') as file:
+            json.dump(part_results, file, indent=1)
+    wall_s = time.time() - start
+    with open(osp.join(args.out, 'run.json'), 'w') as file:
+        json.dump(run_record(args, wall_s), file, indent=1)
+    print(write_report(args, digits, seg, wall_s))
     return 0
+
+
+def _load_json(path: str, default):
+    if not osp.exists(path):
+        return default
+    with open(path) as file:
+        return json.load(file)
 
 
 if __name__ == '__main__':

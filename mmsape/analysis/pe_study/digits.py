@@ -3,6 +3,7 @@ one small :class:`~mmsape.models.PosEncViT` per encoding trained with a plain
 PyTorch loop, then measured at other sizes, under translation and for per-block
 equivariance (see :mod:`mmsape.analysis.pe_study`)."""
 import copy
+import functools
 import math
 import time
 from typing import Tuple
@@ -17,13 +18,31 @@ from mmsape.analysis.equivariance import featmap_equivariance, logit_invariance
 from mmsape.models import PosEncViT
 
 DIGIT_SIZE, CANVAS, PATCH = 16, 24, 4
-DIGIT_EVAL_SIZES = [(16, 16), (24, 24), (32, 32), (48, 48), (24, 48), (48, 24)]
+#: The extrapolation protocol's sizes: 1x, 1.5x, 2x and 3x the training canvas.
+DIGIT_SCALES = (1.0, 1.5, 2.0, 3.0)
+DIGIT_EVAL_SIZES = [(16, 16), (24, 24), (36, 36), (48, 48), (72, 72), (24, 48), (48, 24)]
 # Protocols: 'resize' scales the whole canvas (content and grid, as in the CPVT /
 # RoPE-ViT tables); 'pad' keeps the digit's pixels and changes only the canvas
 # (and so the grid) around it: position handling alone.
 PROTOCOLS = {'resize': 'acc', 'pad': 'pad_acc'}
+#: Training protocols: 'centred' trains on the centred canvases (a digit's place
+#: is then a shortcut for absolute position), 'shifted' moves every training
+#: digit by its own random whole-pixel offset of up to MAX_SHIFT per axis, drawn
+#: afresh each epoch (the random-translation augmentation of every vision recipe,
+#: e.g. CIFAR's pad-4 random crop): the digit can sit anywhere on the canvas.
+TRAINING_PROTOCOLS = ('centred', 'shifted')
+MAX_SHIFT = (CANVAS - DIGIT_SIZE) // 2
+#: The shifts of the 'shift' columns, in pixels (dy, dx): one patch diagonally
+#: both ways, and half a patch horizontally.
+EVAL_SHIFTS = ((PATCH, PATCH), (-PATCH, PATCH), (0, PATCH // 2))
 
 
+def size_key(size: Tuple[int, int]) -> str:
+    """``(24, 48)`` -> ``'24x48'``, the key of a size in the results."""
+    return f'{size[0]}x{size[1]}'
+
+
+@functools.lru_cache(maxsize=2)
 def digits_canvases(seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train / test canvases ``(N, 1, CANVAS, CANVAS)`` in [-1, 1] and labels (fixed split)."""
     from sklearn.datasets import load_digits
@@ -93,18 +112,37 @@ def translate(images: Tensor, dy: int, dx: int) -> Tensor:
     return out
 
 
-def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
-    """Train one encoding on digits; return all its measurements."""
+def random_translate(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Each canvas translated by its own ``(dy, dx)``, uniform integers in
+    ``[-max_shift, max_shift]``, background (-1) filling: :func:`translate` per image."""
+    shifts = torch.randint(-max_shift, max_shift + 1, (len(images), 2), generator=generator)
+    return torch.stack([translate(image, dy, dx)
+                        for image, (dy, dx) in zip(images, shifts.tolist())])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list:
+    """AdamW groups: decay on weight matrices, none on biases, norms and what the
+    backbone declares in ``no_weight_decay()`` (prefix tokens, position tables)."""
+    declared = {f'backbone.{name}' for name in model.backbone.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim > 1 and name not in declared else no_decay).append(param)
+    return [dict(params=decay, weight_decay=weight_decay),
+            dict(params=no_decay, weight_decay=0.)]
+
+
+def train_digits(name: str, seed: int, epochs: int, quick: bool, data,
+                 training: str = 'centred') -> dict:
+    """Train one encoding on digits under a training protocol (one of
+    :data:`TRAINING_PROTOCOLS`); return all its measurements."""
+    if training not in TRAINING_PROTOCOLS:
+        raise ValueError(f'training={training!r} is not one of {TRAINING_PROTOCOLS}.')
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
     pos_encoding, extra = COMPARED_ENCODINGS[name]
     model = DigitsViT(pos_encoding, extra, quick)
     params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'pos_encoding' not in n]
-    no_decay = [p for n, p in model.named_parameters()
-                if not (p.ndim > 1 and 'pos_encoding' not in n)]
-    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),
-                                   dict(params=no_decay, weight_decay=0.)], lr=2e-3)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3)
     batch = 32
     steps_per_epoch = math.ceil(len(y_train) / batch)
     total = epochs * steps_per_epoch
@@ -113,27 +151,30 @@ def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
         optimizer, lambda s: (s + 1) / warmup if s < warmup else
         0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     generator = torch.Generator().manual_seed(seed)
-    start = time.time()
+    start, start_cpu = time.time(), time.process_time()
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(y_train), generator=generator)
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx], label_smoothing=0.1)
+            images = x_train[idx]
+            if training == 'shifted':
+                images = random_translate(images, MAX_SHIFT, generator)
+            loss = F.cross_entropy(model(images), y_train[idx], label_smoothing=0.1)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-    train_s = time.time() - start
+    train_s, train_cpu_s = time.time() - start, time.process_time() - start_cpu
     model.eval()
-    result = dict(encoding=name, seed=seed, params=params, train_s=train_s,
-                  final_loss=loss.item(), acc={}, pad_acc={}, shifted_acc={})
+    result = dict(encoding=name, seed=seed, training=training, params=params,
+                  train_s=train_s, train_cpu_s=train_cpu_s, final_loss=loss.item(), acc={},
+                  pad_acc={}, shifted_acc={})
     for size in DIGIT_EVAL_SIZES:
-        key = f'{size[0]}x{size[1]}'
-        result['acc'][key] = accuracy(model, resize_canvas(x_test, size), y_test)
-        result['pad_acc'][key] = accuracy(model, pad_canvas(x_test, size), y_test)
-    for dy, dx in ((PATCH, PATCH), (-PATCH, PATCH), (0, PATCH // 2)):
+        result['acc'][size_key(size)] = accuracy(model, resize_canvas(x_test, size), y_test)
+        result['pad_acc'][size_key(size)] = accuracy(model, pad_canvas(x_test, size), y_test)
+    for dy, dx in EVAL_SHIFTS:
         result['shifted_acc'][f'{dy},{dx}'] = accuracy(model, translate(x_test, dy, dx), y_test)
     probe = x_test[:128]
     shifts = [(PATCH, PATCH), (2 * PATCH, 0), (0, PATCH // 2)]
@@ -143,4 +184,6 @@ def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
         row['mode'] = 'crop'
     result['equivariance'] = rows
     result['logits'] = logit_invariance(model, probe, shifts, PATCH, 'circular')
+    result['total_s'] = time.time() - start
+    result['total_cpu_s'] = time.process_time() - start_cpu
     return result

@@ -1,0 +1,193 @@
+"""The study's protocol, and its trainings as independent jobs run by a pool of
+single-thread worker processes (see :mod:`mmsape.analysis.pe_study`).
+
+Every (part, encoding, seed, training protocol) is one job; each result is
+saved as its own JSON file as soon as it is done, so an interrupted run resumes
+where it stopped (``resume=True``) and the parts share the CPUs evenly instead
+of each owning one core.
+"""
+import dataclasses
+import json
+import multiprocessing
+import os
+import os.path as osp
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from mmsape.analysis.pe_study.digits import (
+    CANVAS,
+    TRAINING_PROTOCOLS,
+    digits_canvases,
+    size_key,
+    train_digits,
+)
+from mmsape.analysis.pe_study.segmentation import train_seg
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyProtocol:
+    """Everything that decides the study's numbers besides the code.
+
+    Args:
+        digits_seeds (tuple[int]): Seeds of every digits training.
+        seg_seeds (tuple[int]): Seeds of every segmentation training.
+        digits_epochs (int): Digits training epochs.
+        seg_iters (int): Segmentation training iterations (batch 4).
+        seg_num_train (int): Training images of the segmentation set.
+        seg_num_val (int): Validation images of the segmentation set.
+        training_protocols (tuple[str]): Digits training protocols
+            (:data:`~mmsape.analysis.pe_study.digits.TRAINING_PROTOCOLS`).
+        quick (bool): Smoke test: tiny digits model, two segmentation sizes.
+    """
+    digits_seeds: Tuple[int, ...]
+    seg_seeds: Tuple[int, ...]
+    digits_epochs: int
+    seg_iters: int
+    seg_num_train: int
+    seg_num_val: int
+    training_protocols: Tuple[str, ...] = TRAINING_PROTOCOLS
+    quick: bool = False
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: The protocol of the published report, fixed from single-thread timings
+#: before any new encoding's numbers were seen (``report.BUDGET_NOTE``).
+FULL_PROTOCOL = StudyProtocol(digits_seeds=(0, 1, 2), seg_seeds=(0, 1, 2, 3, 4),
+                              digits_epochs=6, seg_iters=300, seg_num_train=192,
+                              seg_num_val=64)
+#: ``--quick``: a smoke test of every piece (numbers meaningless).
+QUICK_PROTOCOL = StudyProtocol(digits_seeds=(0, ), seg_seeds=(0, ), digits_epochs=1,
+                               seg_iters=2, seg_num_train=8, seg_num_val=4, quick=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training and its measurements."""
+    part: str  # 'digits' or 'seg'
+    encoding: str
+    seed: int
+    training: str = 'centred'  # digits training protocol
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, unique within a study."""
+        slug = self.encoding.replace(' ', '_').replace('+', 'p')
+        return f'{self.part}_{self.training}_{slug}_s{self.seed}'
+
+
+def plan_jobs(protocol: StudyProtocol, digits_encodings: Sequence[str],
+              seg_encodings: Sequence[str]) -> List[Job]:
+    """Segmentation jobs first (they are the longest, so the pool ends evenly),
+    seed by seed; then digits, seed by seed."""
+    jobs = [Job('seg', name, seed) for seed in protocol.seg_seeds for name in seg_encodings]
+    jobs += [Job('digits', name, seed, training) for seed in protocol.digits_seeds
+             for training in protocol.training_protocols for name in digits_encodings]
+    return jobs
+
+
+def run_job(job: Job, protocol: StudyProtocol, paths: Dict[str, str]) -> dict:
+    """Train and measure one job (in this process, one thread).
+
+    Args:
+        job (Job): What to run.
+        protocol (StudyProtocol): Epochs / iterations / quick.
+        paths (dict): ``root`` (repository), ``work_dir`` (segmentation runner
+            folders) and ``seg_data`` (the segmentation set's folder).
+    """
+    torch.set_num_threads(1)
+    if job.part == 'digits':
+        return train_digits(job.encoding, job.seed, protocol.digits_epochs, protocol.quick,
+                            digits_canvases(), job.training)
+    if job.part == 'seg':
+        return train_seg(job.encoding, job.seed, protocol.seg_iters,
+                         osp.join(paths['work_dir'], 'seg'), protocol.quick, paths['root'],
+                         paths['seg_data'])
+    raise ValueError(f'job part {job.part!r} is not digits or seg.')
+
+
+def _single_thread_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str],
+             results_dir: str, workers: int = 2, resume: bool = False,
+             log: Callable[[str], None] = print) -> Tuple[List[dict], List[str]]:
+    """Run ``jobs`` with ``workers`` single-thread processes (``workers=1``: in
+    this process), saving each result as ``<results_dir>/<job.key>.json``.
+
+    With ``resume``, a job whose saved result was made under the same protocol
+    is not run again.
+
+    Returns:
+        tuple[list[dict], list[str]]: The results in ``jobs`` order (finished
+        jobs only) and one line per failed job.
+    """
+    os.makedirs(results_dir, exist_ok=True)
+    settings = json.loads(json.dumps(protocol.as_dict()))  # as saved: lists, not tuples
+    results: Dict[Job, dict] = {}
+    todo = []
+    for job in jobs:
+        saved = _load(osp.join(results_dir, f'{job.key}.json')) if resume else None
+        if saved is not None and saved.get('protocol') == settings:
+            results[job] = saved['result']
+        else:
+            todo.append(job)
+    if len(todo) < len(jobs):
+        log(f'resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done')
+    failures, start = [], time.time()
+
+    def finish(job: Job, result: Optional[dict], error: Optional[BaseException]) -> None:
+        if error is not None:
+            failures.append(f'{job.key}: {type(error).__name__}: {error}')
+            log(f'[{len(results) + len(failures)}/{len(jobs)}] {job.key} FAILED: {error}')
+            return
+        results[job] = result
+        _dump(dict(protocol=settings, result=result),
+              osp.join(results_dir, f'{job.key}.json'))
+        log(f'[{len(results) + len(failures)}/{len(jobs)}] {job.key}: '
+            f'{_summary(job, result)} ({result["total_s"]:.0f} s, '
+            f'{(time.time() - start) / 60:.1f} min elapsed)')
+
+    if workers <= 1:
+        for job in todo:
+            try:
+                finish(job, run_job(job, protocol, paths), None)
+            except Exception as error:  # noqa: BLE001 - reported, the other jobs go on
+                finish(job, None, error)
+    else:
+        # spawn: fresh interpreters, no torch / MMEngine state copied from here.
+        context = multiprocessing.get_context('spawn')
+        with ProcessPoolExecutor(workers, mp_context=context,
+                                 initializer=_single_thread_worker) as pool:
+            futures = {pool.submit(run_job, job, protocol, paths): job for job in todo}
+            for future in as_completed(futures):
+                error = future.exception()
+                finish(futures[future], None if error else future.result(), error)
+    return [results[job] for job in jobs if job in results], failures
+
+
+def _summary(job: Job, result: dict) -> str:
+    if job.part == 'digits':
+        native = size_key((CANVAS, CANVAS))
+        return f'top-1 {result["acc"][native]:.1f} at {native}'
+    miou = [f'{row["value"]:.1f}' for row in result['sweep'] if row['metric'] == 'mIoU']
+    return f'mIoU {" / ".join(miou)} at 1x..'
+
+
+def _load(path: str) -> Optional[dict]:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def _dump(obj, path: str) -> None:
+    with open(path + '.tmp', 'w') as file:
+        json.dump(obj, file, indent=1)
+    os.replace(path + '.tmp', path)
