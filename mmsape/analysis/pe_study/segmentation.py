@@ -7,6 +7,7 @@ scored for equivariance (see :mod:`mmsape.analysis.pe_study`)."""
 import copy
 import os.path as osp
 import time
+
 from mmengine.config import Config
 
 from mmsape.analysis.encodings import COMPARED_ENCODINGS

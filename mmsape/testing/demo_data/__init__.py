@@ -77,8 +77,8 @@ position in the same images, each kind in its own hue range
 The demo's ``upper_blob`` / ``lower_blob`` are defined by the pair, but a pair
 spans a large part of the image height, so the image half alone names most of
 them; the manifests record, per class, the share of regions centred in the
-upper half (about 0.85 and 0.1 for the demo's pair members, 0.5 for both
-relation classes of the study set). See :func:`sample_frame_relation_shapes`.
+upper half (seed 0: 0.81 and 0.06 for the demo's training pair members, near
+0.5 for both relation classes of the study set). See :func:`sample_frame_relation_shapes`.
 
 Horizontal flips preserve every label (so the usual ``RandomFlip`` stays valid);
 vertical flips, transposes and rotations do not, and crops may move a spot or a

@@ -51,6 +51,10 @@ _LAYOUT_HUES = ((-50.0, 45.0), (220.0, 280.0))
 # anchors the cyan of classification's easy class: colour tells a frame spot from
 # a relation blob, only position tells the classes of a family apart.
 _FRAME_HUE, _RELATION_HUE = (-20.0, 45.0), (225.0, 270.0)
+# Its layout objects are larger than the demo's (a fraction of the shorter side):
+# at the study's training size they span two to three 8-pixel patches, enough
+# pixels for the position classes to be learned within the study's budget.
+_STUDY_RADIUS = (0.1, 0.14)
 _GREEN_HUE = (112.0, 128.0)
 _CYAN_HUE = (180.0, 190.0)
 _BLOB_KINDS = ('disc', 'square', 'diamond')
@@ -212,6 +216,16 @@ def sample_image_size(rng: np.random.Generator) -> Tuple[int, int]:
     while True:
         width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
         if width != height and 0.5 <= width / height <= 2.0:
+            return width, height
+
+
+def sample_tall_image_size(rng: np.random.Generator) -> Tuple[int, int]:
+    """A portrait ``(width, height)`` with ``height / width`` within [1.5, 2],
+    sides within the demo's range: room for a vertical pair to move up and down."""
+    while True:
+        width = int(rng.integers(MIN_SIDE, MAX_SIDE // 3 * 2 + 1))
+        height = int(round(width * rng.uniform(1.5, 2.0)))
+        if height <= MAX_SIDE:
             return width, height
 
 
@@ -445,6 +459,10 @@ def sample_frame_relation_shapes(rng: np.random.Generator, width: int,
     Both kinds of position in one image; colour tells the kinds apart, only
     position tells the classes of a kind apart:
 
+    The images are tall (:func:`sample_tall_image_size`) and the layout objects
+    larger than the demo's, so that the vertical pair has room to move and the
+    position classes have pixels enough to be learned in a short training.
+
     * relation: a blob of the relation hues directly above or below (either
       with probability 1/2) a ``cyan_anchor`` blob of the same shape and size,
       named by its side of the anchor (:func:`anchor_side_label`). The blob's
@@ -466,13 +484,13 @@ def sample_frame_relation_shapes(rng: np.random.Generator, width: int,
     Returns:
         list[DemoShape]: The blob, its anchor, the spot, then the green blobs.
     """
-    radius = _blob_radius(rng, width, height, scale=(0.06, 0.1))
+    radius = _blob_radius(rng, width, height, scale=_STUDY_RADIUS)
     kind = _BLOB_KINDS[int(rng.integers(len(_BLOB_KINDS)))]
     reach = radius * 1.25 + _MARGIN
-    # Centre distance as for the demo's pairs (2.6 to 4 reaches), shortened in
-    # images too low to hold the anchor on both sides at that distance.
-    most = min(4.0 * reach, (height - 2 * reach) / 2)
-    offset_y = rng.uniform(min(2.6 * reach, most), most)
+    # Centre distance 2.2 to 3.2 reaches (a gap of at least 0.2 reach), shortened
+    # in images too low to hold the anchor on both sides at that distance.
+    most = min(3.2 * reach, (height - 2 * reach) / 2)
+    offset_y = rng.uniform(min(2.2 * reach, most), most)
     offset_x = rng.uniform(-0.35, 0.35) * offset_y
     # (clamped spans: rounding can leave the lowest images a span of -1e-15)
     cy = reach + offset_y + rng.uniform() * max(0.0, height - 2 * (reach + offset_y))
@@ -484,7 +502,7 @@ def sample_frame_relation_shapes(rng: np.random.Generator, width: int,
                   anchor_side_label(cy, anchor_cy), kind),
         DemoShape(_blob_polygon(kind, cx + offset_x, anchor_cy, radius),
                   _hue_color(_CYAN_HUE, rng), 'cyan_anchor', kind)]
-    radius = _blob_radius(rng, width, height, scale=(0.06, 0.1))
+    radius = _blob_radius(rng, width, height, scale=_STUDY_RADIUS)
     kind = _BLOB_KINDS[int(rng.integers(len(_BLOB_KINDS)))]
     color = _hue_color(_FRAME_HUE, rng)
     y_low, y_high = (0.0, height / 2) if rng.integers(2) else (height / 2, height)
