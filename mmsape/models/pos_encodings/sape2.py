@@ -327,13 +327,11 @@ class SaPE2(AttentionBiasPositionEncoding):
             query_factors = [torch.cat(query_factors, dim=-1)]
             key_factors = [torch.cat(key_factors, dim=-1)]
             floors = None
-        dtype = query_factors[0].dtype
+        # The kernels take q, k, v in their dtype and return v's dtype.
         with torch.autocast(device_type=q.device.type, enabled=False):
-            out = sape2_block_attention(
-                q.to(dtype), k.to(dtype), v.to(dtype), query_factors, key_factors, floors,
-                root=root, sign=self._sign, block_size=self.chunk_size,
-                symmetric=True)
-        return out.to(v.dtype)
+            return sape2_block_attention(
+                q, k, v, query_factors, key_factors, floors, root=root, sign=self._sign,
+                block_size=self.chunk_size, symmetric=True)
 
     def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor,
                          query_factors: List[Tensor], key_factors: List[Tensor],

@@ -3,13 +3,16 @@ their compiled CPU source (``csrc/``).
 
 :mod:`.functional` holds the equations as tensor functions, :mod:`.block_attention`
 the FlashAttention-style kernels and their dispatch, :mod:`.sape2_attention_cpu`
-the loader of the compiled CPU kernel. The registered module that owns the
+the loader of the compiled CPU kernel; every kernel is a PyTorch custom operator
+(``torch.ops.mmsape.*``, :mod:`.attention_autograd`). The registered module that owns the
 tables is :class:`mmsape.models.SaPE2`.
 """
 from .block_attention import (
     BLOCK_ELEMENTS,
-    SaPE2AttentionFunction,
     checkpointed_block_attention,
+    compiled_kernel_for,
+    sape2_attention_python_backward,
+    sape2_attention_python_forward,
     sape2_block_attention,
     uses_compiled_kernel,
 )
@@ -29,8 +32,9 @@ from .functional import (
 )
 from .sape2_attention_cpu import (
     CPU_KERNEL_ENV,
-    SaPE2CPUAttentionFunction,
     load_cpu_kernel,
+    sape2_attention_cpu_backward,
+    sape2_attention_cpu_forward,
     uses_cpu_kernel,
 )
 
@@ -38,7 +42,8 @@ __all__ = [
     'contextual_positions', 'table_positions', 'interpolate_table', 'axis_sape_vectors',
     'sape_vectors', 'squared_distance_factors', 'pairwise_squared_l2', 'rounding_floor',
     'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk', 'BLOCK_ELEMENTS',
-    'SaPE2AttentionFunction', 'checkpointed_block_attention', 'sape2_block_attention',
-    'uses_compiled_kernel', 'CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel',
-    'uses_cpu_kernel'
+    'checkpointed_block_attention', 'compiled_kernel_for', 'sape2_attention_python_forward',
+    'sape2_attention_python_backward', 'sape2_block_attention', 'uses_compiled_kernel',
+    'CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu_forward',
+    'sape2_attention_cpu_backward', 'uses_cpu_kernel'
 ]

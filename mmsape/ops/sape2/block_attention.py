@@ -14,13 +14,19 @@ the squared-distance model) or through the safe square root of
 
 :func:`sape2_block_attention` is the one entry point; it picks the kernel for
 the inputs' device and dtype (a compiled kernel for another device joins there
-and in :func:`uses_compiled_kernel`). The kernels give the same results up to
+and in :func:`compiled_kernel_for`). The kernels give the same results up to
 float rounding:
 
 * the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for float32 CPU
   tensors (tiled, each pair of distance tiles computed once);
-* :class:`SaPE2AttentionFunction`, a pure-PyTorch autograd function over query
-  blocks: every other device and dtype (CUDA, float64, half).
+* the Python kernel (:func:`sape2_attention_python_forward` and its backward),
+  pure PyTorch over query blocks: every other device and dtype (CUDA, float64,
+  half).
+
+Each kernel is a pair of PyTorch custom operators with fake implementations
+and one autograd formula (:mod:`.attention_autograd`), so that
+``torch.compile`` traces a SaPE² model without graph breaks and
+``torch.export`` records one op per attention.
 
 Memory. Both keep only q, k, v, the output, the factors and the per-row
 logsumexp for backward, i.e. O(N * (d + W + H)) per head, and recompute the
@@ -49,11 +55,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from .attention_autograd import register_attention_autograd
 from .functional import sape_bias
-from .sape2_attention_cpu import SaPE2CPUAttentionFunction, uses_cpu_kernel
+from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
 
 #: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
 #: buffers of a block are then about as large as a core's L2 cache, and the
@@ -160,100 +166,112 @@ class _BlockLogits:
         return self.inverses[axis][:rows]
 
 
-class SaPE2AttentionFunction(torch.autograd.Function):
-    """Exact SaPE² attention in query blocks; O(N) memory for backward.
+@torch.library.custom_op('mmsape::sape2_attention_python', mutates_args=())
+def sape2_attention_python_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: List[Tensor],
+                                   key_factors: List[Tensor], floors: Optional[Tensor],
+                                   root: bool, sign: float,
+                                   block_size: int) -> Tuple[Tensor, Tensor]:
+    """The Python kernel's forward: ``(out, lse)``, ``lse`` the ``(..., N)`` row
+    log-sum-exp of the logits. See :func:`sape2_block_attention`."""
+    num_axes = len(query_factors)
+    num_tokens = q.shape[-2]
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    out = torch.empty_like(v3)
+    lse = q3.new_empty(q3.shape[:-1])
+    block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
+    for head, floor_values in enumerate(_floor_values(floors, q3.shape[0], num_axes)):
+        block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values)
+        for start in range(0, num_tokens, block_size):
+            rows = slice(start, start + block_size)
+            logits = block_logits(q3[head, rows], [f[head, rows] for f in qf3])
+            row_max = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(row_max).exp_()  # unnormalised
+            row_sum = probs.sum(dim=1, keepdim=True)
+            # Normalise the (rows, d) output rather than the (rows, N) weights.
+            torch.mm(probs, v3[head], out=out[head, rows]).div_(row_sum)
+            torch.add(row_max, row_sum.log_(), out=lse[head, rows, None])
+    return out.view(v.shape), lse.view(q.shape[:-1])
 
-    Use through :func:`sape2_block_attention`. Not twice differentiable.
-    """
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
-                root: bool, sign: float, block_size: int, *factors: Tensor) -> Tensor:
-        num_axes = len(factors) // 2
-        query_factors, key_factors = factors[:num_axes], factors[num_axes:]
-        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
-        q3, k3, v3 = (t.reshape(-1, num_tokens, t.shape[-1]) for t in (q, k, v))
-        qf3, kf3 = ([f.reshape(-1, num_tokens, f.shape[-1]) for f in fs]
-                    for fs in (query_factors, key_factors))
-        floor_values = _floor_values(floors, q3.shape[0], num_axes)
-        out = v3.new_empty(v3.shape)
-        lse = q3.new_empty(q3.shape[:-1])
-        block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
-        for head in range(q3.shape[0]):
-            block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values[head])
-            for start in range(0, num_tokens, block_size):
-                rows = slice(start, start + block_size)
-                logits = block_logits(q3[head, rows], [f[head, rows] for f in qf3])
-                row_max = logits.amax(dim=1, keepdim=True)
-                probs = logits.sub_(row_max).exp_()  # unnormalised
-                row_sum = probs.sum(dim=1, keepdim=True)
-                # Normalise the (rows, d) output rather than the (rows, N) weights.
-                torch.mm(probs, v3[head], out=out[head, rows]).div_(row_sum)
-                torch.add(row_max, row_sum.log_(), out=lse[head, rows, None])
-        out = out.view(*batch_shape, num_tokens, v.shape[-1])
-        ctx.save_for_backward(q3, k3, v3, out, lse, *qf3, *kf3)
-        ctx.floor_values = floor_values
-        ctx.root, ctx.sign, ctx.block_size, ctx.num_axes = root, sign, block_size, num_axes
-        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
-        return out
+@sape2_attention_python_forward.register_fake
+def _(q, k, v, query_factors, key_factors, floors, root, sign, block_size):
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q3, k3, v3, out, lse, *factors = ctx.saved_tensors
-        num_axes, block_size, sign = ctx.num_axes, ctx.block_size, ctx.sign
-        qf3, kf3 = factors[:num_axes], factors[num_axes:]
-        num_heads, num_tokens, head_dims = q3.shape
-        grad_out = grad_out.reshape(num_heads, num_tokens, -1)
-        # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
-        delta = (grad_out * out.reshape(grad_out.shape)).sum(-1, keepdim=True)
-        # Query-side gradients are written block by block, key-side ones summed.
-        grad_q = torch.empty_like(q3)
-        grad_k, grad_v = torch.zeros_like(k3), torch.zeros_like(v3)
-        grad_qf = [torch.empty_like(f) for f in qf3]
-        grad_kf = [torch.zeros_like(f) for f in kf3]
-        grad_probs = q3.new_empty(min(block_size, num_tokens), num_tokens)
-        block_logits = _BlockLogits(k3, block_size, num_axes, ctx.root, sign, with_inverse=True)
-        for head in range(num_heads):
-            block_logits.set_head(k3[head], [f[head] for f in kf3], ctx.floor_values[head])
-            for start in range(0, num_tokens, block_size):
-                rows = slice(start, start + block_size)
-                queries = q3[head, rows]
-                query_factors = [f[head, rows] for f in qf3]
-                logits = block_logits(queries, query_factors)
-                probs = logits.sub_(lse[head, rows, None]).exp_()
-                block_grad_out = grad_out[head, rows]
-                grad_v[head].addmm_(probs.t(), block_grad_out)
-                # dS = P * (dP - delta), in the dP buffer.
-                grad_logits = torch.mm(block_grad_out, v3[head].t(),
-                                       out=grad_probs[:probs.shape[0]])
-                grad_logits.sub_(delta[head, rows]).mul_(probs)
-                torch.mm(grad_logits, k3[head], out=grad_q[head, rows])
-                grad_k[head].addmm_(grad_logits.t(), queries)
-                for axis in range(num_axes):
-                    if ctx.root:
-                        # d bias / d sq = 0.5 / D: the chain factor is -1/D held
-                        # in the inverse buffer; -0.5 * sign is applied at the end.
-                        grad_squared = block_logits.inverse(axis, probs.shape[0])
-                        grad_squared.mul_(grad_logits)
-                    else:
-                        grad_squared = grad_logits
-                    torch.mm(grad_squared, kf3[axis][head], out=grad_qf[axis][head, rows])
-                    grad_kf[axis][head].addmm_(grad_squared.t(), query_factors[axis])
-        scale = head_dims**-0.5
-        grad_q.mul_(scale)
-        grad_k.mul_(scale)
-        factor_scale = -0.5 * sign if ctx.root else sign
-        if factor_scale != 1:
-            for grad in (*grad_qf, *grad_kf):
-                grad.mul_(factor_scale)
-        shapes = ctx.shapes
-        grads = [g.view(shape) for g, shape in zip((grad_q, grad_k, grad_v, *grad_qf, *grad_kf),
-                                                   shapes)]
-        needs = ctx.needs_input_grad
-        tensor_needs = needs[:3] + needs[7:]
-        grads = [g if need else None for g, need in zip(grads, tensor_needs)]
-        return (*grads[:3], None, None, None, None, *grads[3:])
+
+@torch.library.custom_op('mmsape::sape2_attention_python_backward', mutates_args=())
+def sape2_attention_python_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        query_factors: List[Tensor], key_factors: List[Tensor], floors: Optional[Tensor],
+        root: bool, sign: float,
+        block_size: int) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """The Python kernel's backward: gradients of q, k, v and of every factor."""
+    num_axes = len(query_factors)
+    factor_shapes = [f.shape for f in (*query_factors, *key_factors)]
+    q3, k3, v3, out3, grad_out3 = (_heads_first(t) for t in (q, k, v, out, grad_out))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    lse2 = lse.reshape(q3.shape[:-1])
+    num_heads, num_tokens, head_dims = q3.shape
+    # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
+    delta = (grad_out3 * out3).sum(-1, keepdim=True)
+    # Query-side gradients are written block by block, key-side ones summed.
+    grad_q = torch.empty_like(q3)
+    grad_k, grad_v = torch.zeros_like(k3), torch.zeros_like(v3)
+    grad_qf = [torch.empty_like(f) for f in qf3]
+    grad_kf = [torch.zeros_like(f) for f in kf3]
+    grad_probs = q3.new_empty(min(block_size, num_tokens), num_tokens)
+    block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=True)
+    for head, floor_values in enumerate(_floor_values(floors, num_heads, num_axes)):
+        block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values)
+        for start in range(0, num_tokens, block_size):
+            rows = slice(start, start + block_size)
+            queries = q3[head, rows]
+            query_factors = [f[head, rows] for f in qf3]
+            logits = block_logits(queries, query_factors)
+            probs = logits.sub_(lse2[head, rows, None]).exp_()
+            block_grad_out = grad_out3[head, rows]
+            grad_v[head].addmm_(probs.t(), block_grad_out)
+            # dS = P * (dP - delta), in the dP buffer.
+            grad_logits = torch.mm(block_grad_out, v3[head].t(),
+                                   out=grad_probs[:probs.shape[0]])
+            grad_logits.sub_(delta[head, rows]).mul_(probs)
+            torch.mm(grad_logits, k3[head], out=grad_q[head, rows])
+            grad_k[head].addmm_(grad_logits.t(), queries)
+            for axis in range(num_axes):
+                if root:
+                    # d bias / d sq = 0.5 / D: the chain factor is -1/D held
+                    # in the inverse buffer; -0.5 * sign is applied at the end.
+                    grad_squared = block_logits.inverse(axis, probs.shape[0])
+                    grad_squared.mul_(grad_logits)
+                else:
+                    grad_squared = grad_logits
+                torch.mm(grad_squared, kf3[axis][head], out=grad_qf[axis][head, rows])
+                grad_kf[axis][head].addmm_(grad_squared.t(), query_factors[axis])
+    scale = head_dims**-0.5
+    grad_q.mul_(scale)
+    grad_k.mul_(scale)
+    factor_scale = -0.5 * sign if root else sign
+    if factor_scale != 1:
+        for grad in (*grad_qf, *grad_kf):
+            grad.mul_(factor_scale)
+    return (grad_q.view(q.shape), grad_k.view(k.shape), grad_v.view(v.shape),
+            [g.view(shape) for g, shape in zip(grad_qf, factor_shapes[:num_axes])],
+            [g.view(shape) for g, shape in zip(grad_kf, factor_shapes[num_axes:])])
+
+
+@sape2_attention_python_backward.register_fake
+def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sign, block_size):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [f.new_empty(f.shape) for f in query_factors],
+            [f.new_empty(f.shape) for f in key_factors])
+
+
+register_attention_autograd(sape2_attention_python_forward, sape2_attention_python_backward)
+
+
+def _heads_first(tensor: Tensor) -> Tensor:
+    """``(..., N, C)`` -> ``(B*heads, N, C)``."""
+    return tensor.reshape(-1, *tensor.shape[-2:])
 
 
 def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> List[List[float]]:
@@ -270,9 +288,13 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
     in query blocks, without any N x N tensor saved for backward.
 
-    Float32 CPU inputs with ``symmetric=True`` go through the compiled CPU kernel
-    when it is available (:func:`~.sape2_attention_cpu.load_cpu_kernel`),
-    everything else through :class:`SaPE2AttentionFunction`.
+    The kernel is chosen by :func:`compiled_kernel_for` the device and the
+    factors' dtype: float32 CPU inputs with ``symmetric=True`` go through the
+    compiled CPU kernel when it is available
+    (:func:`~.sape2_attention_cpu.load_cpu_kernel`), everything else through
+    the Python kernel (:func:`sape2_attention_python_forward`). Both are custom
+    operators (:mod:`.attention_autograd`): ``torch.compile`` traces this
+    function without a graph break.
 
     Args:
         q (Tensor): ``(..., N, d)`` queries.
@@ -298,29 +320,49 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
             orientations. Defaults to False.
 
     Returns:
-        Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
-        casts; all inputs must share one floating dtype and device).
+        Tensor: ``(..., N, dv)`` in v's dtype. The attention runs in the
+        factors' dtype (q, k and v are cast to it; float32 factors for half
+        q, k, v), on one device.
     """
     if root and floors is None:
         raise ValueError('root=True needs the rounding floors of the squared distances.')
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
-    tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
-    # The kernel dispatch: a compiled kernel for another device joins here (and
-    # in uses_compiled_kernel), the Python kernel serves everything else.
-    if symmetric and uses_cpu_kernel(q.device, q.dtype):
-        return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
-                                               *tensors[3:])
-    num_tokens = q.shape[-2]
-    block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
-    return SaPE2AttentionFunction.apply(*tensors[:3], floors, root, float(sign), block_size,
-                                        *tensors[3:])
+    query_factors = [f.contiguous() for f in query_factors]
+    key_factors = [f.contiguous() for f in key_factors]
+    dtype = query_factors[0].dtype
+    kernel = compiled_kernel_for(q.device, dtype)
+    out_dtype = v.dtype
+    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+    floors = floors if root else None
+    if kernel == 'cpu' and symmetric:
+        out = sape2_attention_cpu(q, k, v, query_factors, key_factors, floors, root, sign)
+    else:
+        num_tokens = q.shape[-2]
+        block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
+        out, _ = sape2_attention_python_forward(q, k, v, query_factors, key_factors, floors,
+                                                bool(root), float(sign), block_size)
+    return out.to(out_dtype)
+
+
+@torch.compiler.assume_constant_result
+def compiled_kernel_for(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """The compiled kernel :func:`sape2_block_attention` runs (symmetric)
+    inputs of this device and factor dtype through: ``'cpu'`` (the compiled CPU
+    kernel), or None (the Python kernel).
+
+    ``torch.compile`` calls this once per traced graph and keeps the answer
+    (setting ``MMSAPE_SAPE2_CPU_KERNEL`` later does not retrace).
+    """
+    if uses_cpu_kernel(device, dtype):
+        return 'cpu'
+    return None
 
 
 def uses_compiled_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`sape2_block_attention` runs symmetric inputs of this device
-    and dtype through a compiled kernel rather than the Python one."""
-    return uses_cpu_kernel(device, dtype)
+    and factor dtype through a compiled kernel rather than the Python one."""
+    return compiled_kernel_for(device, dtype) is not None
 
 
 def checkpointed_block_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -376,5 +418,6 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
         q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
 
 
-__all__ = ['BLOCK_ELEMENTS', 'SaPE2AttentionFunction', 'checkpointed_block_attention',
+__all__ = ['BLOCK_ELEMENTS', 'checkpointed_block_attention', 'compiled_kernel_for',
+           'sape2_attention_python_backward', 'sape2_attention_python_forward',
            'sape2_block_attention', 'uses_compiled_kernel']

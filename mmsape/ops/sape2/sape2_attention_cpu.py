@@ -10,6 +10,10 @@ C++ extension tool the first time it is needed (about 40 s; cached in
 cannot be built, a warning says why and the Python kernel of
 :mod:`.block_attention` runs instead, with the same results.
 
+The kernel is registered as the PyTorch operators ``mmsape::sape2_attention_cpu``
+(forward: output and row log-sum-exp) and ``mmsape::sape2_attention_cpu_backward``,
+with fake implementations and autograd (:mod:`.attention_autograd`): ``torch.compile``
+traces it as one node, without a graph break, and ``torch.export`` records one op.
 Use it through :func:`~.block_attention.sape2_block_attention`, which picks
 the kernel for the inputs' device and dtype.
 """
@@ -19,11 +23,12 @@ import os.path as osp
 import shutil
 import sys
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+
+from .attention_autograd import register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
@@ -93,44 +98,92 @@ def _put_ninja_on_path() -> None:
         os.environ['PATH'] = interpreter_dir + os.pathsep + os.environ.get('PATH', '')
 
 
-class SaPE2CPUAttentionFunction(torch.autograd.Function):
+@torch.library.custom_op('mmsape::sape2_attention_cpu', mutates_args=(), device_types='cpu')
+def sape2_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: List[Tensor],
+                                key_factors: List[Tensor], floors: Optional[Tensor], root: bool,
+                                sign: float) -> Tuple[Tensor, Tensor]:
+    """The forward kernel: ``(out, lse)``, ``lse`` the ``(..., N)`` row
+    log-sum-exp of the logits. See :func:`sape2_attention_cpu`."""
+    num_axes = len(query_factors)
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    out, lse = _loaded_kernel().forward(q3, k3, v3, qf3, kf3, _floor_table(floors, q3, num_axes),
+                                        root, sign, q.shape[-1]**-0.5)
+    return out.view(v.shape), lse.view(q.shape[:-1])
+
+
+@sape2_attention_cpu_forward.register_fake
+def _(q, k, v, query_factors, key_factors, floors, root, sign):
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+
+
+@torch.library.custom_op('mmsape::sape2_attention_cpu_backward', mutates_args=(),
+                         device_types='cpu')
+def sape2_attention_cpu_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        query_factors: List[Tensor], key_factors: List[Tensor], floors: Optional[Tensor],
+        root: bool, sign: float) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """The backward kernel: gradients of q, k, v and of every factor."""
+    num_axes = len(query_factors)
+    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    grads = _loaded_kernel().backward(
+        grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
+        lse.reshape(out3.shape[:-1]).contiguous(), qf3, kf3, _floor_table(floors, q3, num_axes),
+        root, sign, q.shape[-1]**-0.5)
+    grad_q, grad_k, grad_v = (g.view(t.shape) for g, t in zip(grads[:3], (q, k, v)))
+    return (grad_q, grad_k, grad_v,
+            [g.view(f.shape) for g, f in zip(grads[3:3 + num_axes], query_factors)],
+            [g.view(f.shape) for g, f in zip(grads[3 + num_axes:], key_factors)])
+
+
+@sape2_attention_cpu_backward.register_fake
+def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sign):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [f.new_empty(f.shape) for f in query_factors],
+            [f.new_empty(f.shape) for f in key_factors])
+
+
+register_attention_autograd(sape2_attention_cpu_forward, sape2_attention_cpu_backward)
+
+
+def sape2_attention_cpu(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
+                        key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
+                        sign: float = 1.) -> Tensor:
     """Exact SaPE² attention through the compiled CPU kernel; O(N) memory.
 
-    The factors must be symmetric (see ``symmetric`` of
-    :func:`~.block_attention.sape2_block_attention`). Use through that function.
-    Not twice differentiable.
+    Float32 CPU tensors; the arguments mean what they mean for
+    :func:`~.block_attention.sape2_block_attention`, whose ``symmetric``
+    factors this kernel needs. Differentiable (not twice). Use through that
+    function, which checks the inputs and picks the kernel.
+
+    Returns:
+        Tensor: ``(..., N, dv)``.
     """
+    out, _ = sape2_attention_cpu_forward(q, k, v, list(query_factors), list(key_factors),
+                                         floors if root else None, bool(root), float(sign))
+    return out
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
-                root: bool, sign: float, *factors: Tensor) -> Tensor:
-        kernel = load_cpu_kernel()
-        num_axes = len(factors) // 2
-        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
-        q3, k3, v3, *factors3 = (t.reshape(-1, num_tokens, t.shape[-1])
-                                 for t in (q, k, v, *factors))
-        floors2 = (floors.detach().reshape(q3.shape[0], num_axes).contiguous()
-                   if root else q3.new_empty(0))
-        scale = q.shape[-1]**-0.5
-        out, lse = kernel.forward(q3, k3, v3, factors3[:num_axes], factors3[num_axes:], floors2,
-                                  root, sign, scale)
-        ctx.save_for_backward(q3, k3, v3, out, lse, floors2, *factors3)
-        ctx.root, ctx.sign, ctx.scale, ctx.num_axes = root, sign, scale, num_axes
-        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
-        return out.view(*batch_shape, num_tokens, v.shape[-1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q3, k3, v3, out, lse, floors2, *factors3 = ctx.saved_tensors
-        grad_out = grad_out.reshape(out.shape).contiguous()
-        grads = load_cpu_kernel().backward(
-            grad_out, q3, k3, v3, out, lse, factors3[:ctx.num_axes], factors3[ctx.num_axes:],
-            floors2, ctx.root, ctx.sign, ctx.scale)
-        grads = [g.view(shape) if need else None
-                 for g, shape, need in zip(grads, ctx.shapes,
-                                           ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:])]
-        return (*grads[:3], None, None, None, *grads[3:])
+def _loaded_kernel():
+    kernel = load_cpu_kernel()
+    if kernel is None:
+        raise RuntimeError('The compiled SaPE² CPU kernel is not available (see the warning '
+                           'of load_cpu_kernel, or unset MMSAPE_SAPE2_CPU_KERNEL=0); '
+                           'sape2_block_attention runs the Python kernel instead.')
+    return kernel
+
+
+def _heads_first(tensor: Tensor) -> Tensor:
+    """``(..., N, C)`` -> contiguous ``(B*heads, N, C)``, as the kernel takes them."""
+    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
+
+
+def _floor_table(floors: Optional[Tensor], q3: Tensor, num_axes: int) -> Tensor:
+    """``(B*heads, num_axes)`` floors; an empty tensor (unread) for squared distances."""
+    if floors is None:
+        return q3.new_empty(0)
+    return floors.detach().reshape(q3.shape[0], num_axes).contiguous()
 
 
 def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
@@ -139,4 +192,5 @@ def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
 
 
-__all__ = ['CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'uses_cpu_kernel']
+__all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
+           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward', 'uses_cpu_kernel']
