@@ -14,6 +14,7 @@ MODULES = [
     'mmsape.models.pos_encodings.lookhere',
     'mmsape.models.pos_encodings.grid_cache',
     'mmsape.models.pos_encodings.sape2',
+    'mmsape.models.utils.vit_pretrained',
     'projects.alibi2d.alibi2d.alibi2d',
 ]
 

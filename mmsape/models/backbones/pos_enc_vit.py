@@ -14,12 +14,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from mmsape.models.pos_encodings import TokenGrid, build_pos_encoding
 from mmsape.models.pos_encodings.base import grid_to_map, layers_from_option
+from mmsape.models.utils.vit_pretrained import convert_vit_state_dict, format_load_report
 from mmsape.registry import MODELS
 
 #: ``attend(q, k, v, grid, dropout_p) -> out``, one layer's attention as the
@@ -203,9 +205,14 @@ class PosEncViT(BaseModule):
             position encoding and the first ``frozen_stages`` blocks; -1 freezes
             nothing. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
-        init_cfg (dict | list[dict], optional): Initialisation; a ``Pretrained``
-            entry loads timm / DeiT / mmpretrain ViT weights (see
-            :func:`mmsape.models.utils.load_vit_pretrained`).
+        init_cfg (dict | list[dict], optional): Initialisation. MMEngine's
+            ``Pretrained`` loads timm / DeiT / mmpretrain / mmseg ViT weights as
+            they are: a load-state-dict pre-hook converts their keys, so does
+            ``load_from`` of a whole detector or segmentor (see
+            :mod:`mmsape.models.utils.vit_pretrained`); ``load_report`` then holds
+            the last load's missing, unexpected, resized and filled keys. To
+            reproduce an mmseg or mmpretrain model at other input sizes, build its
+            ``LearnedAPE`` with ``antialias=False``.
 
     Examples:
         >>> import torch
@@ -338,6 +345,14 @@ class PosEncViT(BaseModule):
         self._init_default_weights()
         self._freeze_stages()
 
+        # Checkpoints from timm / mmpretrain / mmseg load by every route
+        # (init_cfg, load_from, resume, load_state_dict): converted before the
+        # load, reported after it.
+        self.load_report: Optional[dict] = None
+        self._pending_conversion = None
+        self._register_load_state_dict_pre_hook(self._convert_checkpoint)
+        self.register_load_state_dict_post_hook(self._report_checkpoint)
+
     # ----------------------------------------------------------------- config
     def _resolve_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
@@ -361,24 +376,22 @@ class PosEncViT(BaseModule):
         return layers_from_option(out_indices, self.num_layers, name='out_indices')
 
     # ------------------------------------------------------------------- init
-    def init_weights(self) -> None:
-        """Load ``init_cfg``'s ``Pretrained`` checkpoint, converted and resampled.
+    def _convert_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
+        """Load-state-dict pre-hook: timm / DeiT / mmpretrain / mmseg keys to
+        mmsape's, parameters the source lacks set to reproduce it (see
+        :mod:`mmsape.models.utils.vit_pretrained`); mmsape's keys pass unchanged."""
+        self._pending_conversion = convert_vit_state_dict(state_dict, prefix, self)
 
-        Used instead of MMEngine's plain ``PretrainedInit`` so that timm / DeiT /
-        mmpretrain files load as they are; other ``init_cfg`` types go through
-        MMEngine as usual.
-        """
-        checkpoint = self._pretrained_cfg().get('checkpoint')
-        if checkpoint is None:
-            super().init_weights()
+    def _report_checkpoint(self, module: nn.Module, incompatible_keys) -> None:
+        """Load-state-dict post-hook: keep the load's report in ``load_report``
+        and log it when the checkpoint needed converting."""
+        conversion, self._pending_conversion = self._pending_conversion, None
+        if conversion is None:
             return
-        from mmsape.models.utils import load_vit_pretrained
-        load_vit_pretrained(self, checkpoint, prefix=self._pretrained_cfg().get('prefix'))
-        self._is_init = True
-
-    def _pretrained_cfg(self) -> dict:
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        return next((c for c in cfgs if c and c.get('type') == 'Pretrained'), {})
+        self.load_report = conversion.report(incompatible_keys.missing_keys,
+                                             incompatible_keys.unexpected_keys)
+        if conversion.changed:
+            print_log(format_load_report(self.load_report), logger='current')
 
     def _init_default_weights(self) -> None:
         """timm's ViT init at construction: trunc-normal linears and prefix
