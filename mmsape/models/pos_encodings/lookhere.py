@@ -17,6 +17,10 @@ at commit 889d2e6; line numbers below refer to it):
 * At another grid size the bias is rebuilt from that grid, distances still in
   patches, not rescaled (``set_pos_embed``, L58-91); its ``global_slope``
   argument changes the penalty's strength for extrapolation.
+
+The authors store the bias in bfloat16 with unseen keys at -3.4e38 (L152-153);
+here it is float32 with ``-inf``: the same attention without bfloat16 rounding
+of the penalty.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class FieldOfView(NamedTuple):
     width: float
 
 
-# The official code's direction families (lookhere.py L159-213), each four heads
+# The official code's direction families (lookhere.py L159-210), each four heads
 # in its order. Names: 'halves' up, down, left, right; 'diagonals' up-right,
 # up-left, down-right, down-left; 'corners' up-left, up-right, down-left,
 # down-right; 'triangles' up, down, left, right (90-degree cones); 'eighths1' /
@@ -58,8 +62,11 @@ _FAMILIES = {
     'eighths1': ((112.5, 45), (247.5, 45), (157.5, 45), (22.5, 45)),
     'eighths2': ((67.5, 45), (292.5, 45), (202.5, 45), (337.5, 45)),
 }
-#: Variant -> the two direction families of its released checkpoint config
-#: (``head_directions='<first>-<second>-none'``).
+#: Variant -> its two direction families (``head_directions='<first>-<second>-none'``).
+#: The released checkpoints carry their config; the repository sets none. Ports
+#: that load them use 'halves-diagonals-none' (LH-180) and 'corners-triangles-none'
+#: (LH-90), global slope 2, layer slopes (1.5, 0.5); LH-45 is the same pattern with
+#: the 45-degree families.
 VARIANTS = {
     'LH-180': ('halves', 'diagonals'),
     'LH-90': ('corners', 'triangles'),
@@ -179,7 +186,8 @@ class LookHere(AttentionBiasPositionEncoding):
         num_prefix_tokens (int): Class / register tokens in front of the grid.
         variant (str): 'LH-180', 'LH-90' or 'LH-45'. Defaults to 'LH-180'.
         global_slope (float): Strength of the distance penalty; the released
-            checkpoints' configs use 2. Defaults to 2.
+            checkpoints' configs (as ported) use 2; the authors' ``set_pos_embed``
+            can change it at test time. Defaults to 2.
         layer_slopes (tuple[float, float]): Slopes of the first and last block,
             linearly interpolated in between. Defaults to (1.5, 0.5).
         layers (Sequence[int], optional): Blocks with LookHere; the others use

@@ -42,7 +42,8 @@ class RoPE2D(AttentionPositionEncoding):
       ``init_random_2d_freqs`` (axial magnitudes, rotated by a random angle per
       head and layer).
 
-    Normalised coordinates (DINOv3's ``RopePositionEmbedding``; axial only,
+    Normalised coordinates (DINOv3's ``RopePositionEmbedding``,
+    ``dinov3/layers/rope_position_encoding.py`` L62-121 at 6876159; axial only,
     ``normalize_coords='separate' | 'min' | 'max'``): patch centres of an
     ``H x W`` grid, ``cy = 2 (y + 0.5) / Dy - 1`` and ``cx = 2 (x + 0.5) / Dx - 1``,
     with ``Dy, Dx = H, W`` ('separate': each axis spans [-1, 1]), ``max(H, W)``
@@ -55,7 +56,7 @@ class RoPE2D(AttentionPositionEncoding):
     twice as densely. In training only, DINOv3's coordinate augmentations apply,
     in this order, drawn afresh for every block and forward pass and shared by
     the images and heads of the batch (DINOv3 calls its embedding once per
-    block):
+    block, ``vision_transformer.py`` L231 and L276):
 
     * ``shift_coords=s``: ``c += u`` with ``u ~ U(-s, s)``, one per axis;
     * ``jitter_coords=J``: ``c *= exp(v)`` with ``v ~ U(-log J, log J)``, one per axis;

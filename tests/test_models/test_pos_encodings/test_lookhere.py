@@ -2,11 +2,11 @@
 
 The published head layouts below are written out from the authors' code
 (github.com/GreenCUBIC/lookhere, lookhere.py at 889d2e6): the direction
-families (L159-213), their order for 12 and 16 heads (L229-234) and the slopes
-(get_slopes L114-115, get_none_slopes L104-111); the released checkpoints'
-configs are 'halves-diagonals-none' (LH-180), 'corners-triangles-none' (LH-90)
-and 'eighths1-eighths2-none' (LH-45) with global slope 2 and layer slopes
-1.5 -> 0.5.
+families (L159-210), their order for 12 and 16 heads (L229-234) and the slopes
+(get_slopes L114-115, get_none_slopes L104-111). The variants' configs are
+'halves-diagonals-none' (LH-180) and 'corners-triangles-none' (LH-90) as ported
+from the released checkpoints, and 'eighths1-eighths2-none' (LH-45) by the same
+pattern, with global slope 2 and layer slopes 1.5 -> 0.5.
 """
 import math
 
