@@ -15,6 +15,8 @@ MODULES = [
     'mmsape.models.pos_encodings.grid_cache',
     'mmsape.models.pos_encodings.sape2',
     'mmsape.models.utils.vit_pretrained',
+    'mmsape.utils.atomic_io',
+    'mmsape.utils.state_dict_report',
     'projects.alibi2d.alibi2d.alibi2d',
 ]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mmsape.datasets import ensure_demo_data  # noqa: E402
+from mmsape.testing.demo_data import ensure_demo_data  # noqa: E402
 
 TASKS = {
     'seg': dict(config='configs/demo/seg_vit-t8-sape2_upernet_demo.py',

@@ -78,7 +78,7 @@ val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 # progress bars, and torch's RNG state in checkpoints so a resumed run repeats an

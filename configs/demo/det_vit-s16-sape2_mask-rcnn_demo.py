@@ -108,7 +108,7 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 # progress bars, and torch's RNG state in checkpoints so a resumed run repeats an

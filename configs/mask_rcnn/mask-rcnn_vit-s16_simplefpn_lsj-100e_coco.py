@@ -8,6 +8,8 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
                       allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)

@@ -4,6 +4,8 @@
 _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
                       allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 model = dict(
     # mmdet's RetinaNet, with the batch padding mask passed to the backbone (PEG)

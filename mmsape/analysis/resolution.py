@@ -141,7 +141,7 @@ def evaluate_at_sizes(config: Union[str, Config],
     Returns:
         list[dict]: Rows with :data:`CSV_COLUMNS`.
     """
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

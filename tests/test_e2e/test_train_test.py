@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from mmsape.datasets import ensure_demo_data
+from mmsape.testing.demo_data import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = {
@@ -130,7 +130,7 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
 def build_and_step(config: str, encoding: str, work_dir: Path) -> float:
     """Build the task's Runner with another position encoding, train one
     iteration, return the loss."""
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     cfg = Config.fromfile(ROOT / config)
     cfg.merge_from_dict({'model.backbone.pos_encoding.type': encoding,
                          'train_cfg.max_iters': 1, 'train_cfg.val_interval': 100,

@@ -3,7 +3,7 @@
 Each case either fails with an error naming the file and the reason, or is
 skipped with a logged warning; never a hang or a silently wrong sample. The
 ``stock_*`` tests record what OpenMMLab does today (so a change upstream shows
-up here); the others check :mod:`mmsape.datasets.checks`, which covers the
+up here); the others check :mod:`mmsape.datasets.transforms`, which covers the
 cases where the stock behaviour is silent or names no file.
 """
 import copy
@@ -23,8 +23,8 @@ from mmsape.datasets import (
     CheckSegLabelRange,
     DataFileError,
     check_coco_annotations,
-    generate_demo_data,
 )
+from mmsape.testing.demo_data import generate_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {

@@ -232,7 +232,7 @@ def seg_config(name: str, seed: int, iters: int, work_dir: str):
 def train_seg(name: str, seed: int, iters: int, work_root: str, quick: bool) -> dict:
     from mmsape.analysis.equivariance import score_model
     from mmsape.analysis.resolution import describe_size, evaluate_at_sizes
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     slug = name.replace(' ', '_').replace('+', 'p')
     work_dir = osp.join(work_root, f'{slug}_s{seed}')
     cfg = seg_config(name, seed, iters, work_dir)
