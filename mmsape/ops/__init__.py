@@ -1,0 +1,1 @@
+"""Operators: attention kernels and the math they share with the models."""

@@ -1,0 +1,1 @@
+"""SaPE² math and attention kernels."""
