@@ -42,7 +42,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks._measure import measure_latency_and_memory, ratio_row  # noqa: E402
+from benchmarks._measure import (  # noqa: E402
+    check_tokens_and_reference,
+    measure_latency_and_memory,
+    ratio_table,
+)
 
 METHODS = ('sdpa', 'triton', 'block', 'dense')
 METHOD_LABELS = {
@@ -72,11 +76,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--block-size', type=int, default=256,
                         help="the block kernel's query block (SaPE2's chunk_size)")
     args = parser.parse_args(argv)
-    for tokens in args.tokens:
-        if math.isqrt(tokens)**2 != tokens:
-            parser.error(f'--tokens {tokens} is not a perfect square')
-    if 'sdpa' not in args.methods:
-        args.methods = ['sdpa'] + args.methods
+    check_tokens_and_reference(parser, args, 'sdpa')
     return args
 
 
@@ -163,20 +163,6 @@ def make_case(method: str, tokens: int,
     return forward, forward_backward
 
 
-def format_table(results: dict, methods: List[str]) -> str:
-    lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
-             'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-    for tokens, per_method in results.items():
-        side = math.isqrt(tokens)
-        plain = per_method.get('sdpa', {})
-        for method in methods:
-            cells = ratio_row(per_method.get(method, {}), plain)
-            lines.append(f'| {tokens} ({side}x{side}) | {METHOD_LABELS[method]} | '
-                         + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -187,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           f'batch {args.batch}, {args.num_prefix} prefix token(s), {args.dtype}; '
           f'{torch.cuda.get_device_name(args.device)}; latency: median of {args.repeats} '
           f'rounds over the methods; peak memory: {memory_note}; torch {torch.__version__}.\n')
-    print(format_table(results, args.methods))
+    print(ratio_table(results, args.methods, METHOD_LABELS, 'sdpa', 'SDPA flash'))
 
 
 if __name__ == '__main__':

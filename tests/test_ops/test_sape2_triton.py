@@ -43,9 +43,9 @@ needs_interpreter = pytest.mark.skipif(
     not INTERPRETED,
     reason=(f'Triton is not importable ({TRITON_IMPORT_ERROR})' if TRITON_IMPORT_ERROR else
             'runs in the interpreter child process of test_kernels_in_interpreter_process'))
-#: Tests of this file that the child process skips: the runner itself and the
-#: check that CPU tensors need the interpreter.
-CHILD_SKIPS = 2
+#: Tests of this file that the child process skips: the runner itself, the
+#: check that CPU tensors need the interpreter, and the two GPU compilations.
+CHILD_SKIPS = 4
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -303,7 +303,10 @@ def test_saves_no_square_tensor_for_backward():
 def test_custom_ops_pass_opcheck():
     case = Case(3, 5, num_prefix=1, root=True, sign=-1., heads=1)
     q, k, v, query_factors, key_factors, floors = make_inputs(case)
+    # v as a view of a (d, N) tensor: the outputs are contiguous whatever the inputs.
+    v = v.transpose(-1, -2).contiguous().transpose(-1, -2)
     q, k, v, *factors = leaves([q, k, v, *query_factors, *key_factors])
+    assert not v.is_contiguous()
     args = (q, k, v, factors[:2], factors[2:], floors, True, -1.)
     torch.library.opcheck(torch.ops.mmsape.sape2_attention_triton.default, args)
     out, lse = torch.ops.mmsape.sape2_attention_triton(*args)
@@ -405,6 +408,39 @@ def _bad_inputs(problem: str):
 def test_bad_inputs_raise_naming_the_problem(problem, error, match):
     with pytest.raises(error, match=match):
         sape2_attention_triton(**_bad_inputs(problem))
+
+
+@pytest.mark.skipif(INTERPRETED or TRITON_IMPORT_ERROR is not None,
+                    reason='needs Triton in compiled mode (not interpreting)')
+@pytest.mark.parametrize('capability', [90, 80], ids=['sm90', 'sm80'])
+def test_kernels_compile_for_the_gpu(capability, tmp_path, monkeypatch):
+    # The interpreter runs Python, not what Triton's compiler accepts: compile
+    # the three kernels down to a cubin (ptxas ships with Triton; no GPU needed).
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mmsape.ops.sape2 import sape2_triton_kernels as kernels
+    monkeypatch.setenv('TRITON_CACHE_DIR', str(tmp_path))
+    half_pointers = {'Q', 'K', 'V', 'OUT', 'GRAD_OUT', 'GRAD_Q', 'GRAD_K', 'GRAD_V'}
+    constexprs = dict(NUM_AXES=2, ROOT=True, BLOCK_D=64, BLOCK_DV=64, BLOCK_M=32, BLOCK_N=32,
+                      BLOCK_F=16, INTERPRETER=False)
+    for kernel in (kernels.sape2_attention_forward_kernel,
+                   kernels.sape2_attention_backward_query_kernel,
+                   kernels.sape2_attention_backward_key_kernel):
+        signature = {}
+        for name in kernel.arg_names:
+            if name in constexprs:
+                signature[name] = 'constexpr'
+            elif name.isupper() or name[0].isupper():
+                signature[name] = '*bf16' if name in half_pointers else '*fp32'
+            else:
+                signature[name] = 'fp32' if name in ('qk_scale', 'bias_scale', 'scale',
+                                                     'sign') else 'i32'
+        source = ASTSource(kernel, signature, constexprs={
+            name: value for name, value in constexprs.items() if name in signature})
+        compiled = triton.compile(source, target=GPUTarget('cuda', capability, 32),
+                                  options=dict(num_warps=4, num_stages=1))
+        assert compiled.asm['cubin'], kernel.__name__
 
 
 # ---------------------------------------------------------------- runner

@@ -306,7 +306,8 @@ def sape2_attention_triton_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
 @sape2_attention_triton_forward.register_fake
 def _(q, k, v, query_factors, key_factors, floors, root, sign):
     _check_inputs(q, k, v, query_factors, key_factors, floors, root)
-    return torch.empty_like(v), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    # Contiguous, like the kernels' outputs, whatever the inputs' strides.
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op('mmsape::sape2_attention_triton_backward', mutates_args=())
@@ -347,9 +348,9 @@ def sape2_attention_triton_backward(
 
 @sape2_attention_triton_backward.register_fake
 def _(grad_out, grad_lse, q, k, v, out, lse, query_factors, key_factors, floors, root, sign):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            [torch.empty_like(f) for f in query_factors],
-            [torch.empty_like(f) for f in key_factors])
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [f.new_empty(f.shape) for f in query_factors],
+            [f.new_empty(f.shape) for f in key_factors])
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -44,6 +44,31 @@ def _dot(a, b, acc, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
+def _head_inputs(Q, K, V, QF0, KF0, QF1, KF1, FLOORS, num_tokens, head_dims, value_dims,
+                 width0, width1, NUM_AXES: tl.constexpr):
+    """This program's (batch * head): its first token's index, the inputs moved
+    to its slices, and its floors."""
+    head = tl.program_id(1).to(tl.int64)
+    first = head * num_tokens
+    floors = FLOORS + head * NUM_AXES
+    return (first, Q + first * head_dims, K + first * head_dims, V + first * value_dims,
+            QF0 + first * width0, KF0 + first * width0, QF1 + first * width1,
+            KF1 + first * width1, tl.load(floors), tl.load(floors + NUM_AXES - 1))
+
+
+@triton.jit
+def _saved_rows(GRAD_OUT, LSE, DELTA, first, offsets, num_tokens, value_dims,
+                BLOCK_ROWS: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """``dO``, the lse in base 2 and ``delta`` of the queries ``offsets`` of the
+    (batch * head) whose first token is ``first``."""
+    valid = offsets < num_tokens
+    grad_out = _load_rows(GRAD_OUT + first * value_dims, offsets, num_tokens, value_dims, 0,
+                          BLOCK_ROWS, BLOCK_DV)
+    lse = tl.load(LSE + first + offsets, mask=valid, other=0.) * 1.4426950408889634
+    return grad_out, lse, tl.load(DELTA + first + offsets, mask=valid, other=0.)
+
+
+@triton.jit
 def _squared_distances(ROW_FACTORS, row_offsets, COL_FACTORS, col_offsets, width, num_tokens,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
                        BLOCK_F: tl.constexpr):
@@ -161,18 +186,11 @@ def sape2_attention_forward_kernel(
         BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_F: tl.constexpr, INTERPRETER: tl.constexpr):
     """One program per (query tile, batch * head): online softmax over key tiles."""
-    head = tl.program_id(1).to(tl.int64)
-    Q += head * num_tokens * head_dims
-    K += head * num_tokens * head_dims
-    V += head * num_tokens * value_dims
-    OUT += head * num_tokens * value_dims
-    LSE += head * num_tokens
-    QF0 += head * num_tokens * width0
-    KF0 += head * num_tokens * width0
-    QF1 += head * num_tokens * width1
-    KF1 += head * num_tokens * width1
-    floor0 = tl.load(FLOORS + head * NUM_AXES)
-    floor1 = tl.load(FLOORS + head * NUM_AXES + NUM_AXES - 1)
+    first, Q, K, V, QF0, KF0, QF1, KF1, floor0, floor1 = _head_inputs(
+        Q, K, V, QF0, KF0, QF1, KF1, FLOORS, num_tokens, head_dims, value_dims, width0,
+        width1, NUM_AXES)
+    OUT += first * value_dims
+    LSE += first
 
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, rows, num_tokens, head_dims, 0, BLOCK_M, BLOCK_D)
@@ -214,29 +232,18 @@ def sape2_attention_backward_query_kernel(
     and, per axis, ``d qf_a += sign * (dS * slope_a) kf_a`` into the
     zero-initialised ``GRAD_QF*``.
     """
-    head = tl.program_id(1).to(tl.int64)
-    Q += head * num_tokens * head_dims
-    K += head * num_tokens * head_dims
-    GRAD_Q += head * num_tokens * head_dims
-    V += head * num_tokens * value_dims
-    GRAD_OUT += head * num_tokens * value_dims
-    LSE += head * num_tokens
-    DELTA += head * num_tokens
-    QF0 += head * num_tokens * width0
-    KF0 += head * num_tokens * width0
-    GRAD_QF0 += head * num_tokens * width0
-    QF1 += head * num_tokens * width1
-    KF1 += head * num_tokens * width1
-    GRAD_QF1 += head * num_tokens * width1
-    floor0 = tl.load(FLOORS + head * NUM_AXES)
-    floor1 = tl.load(FLOORS + head * NUM_AXES + NUM_AXES - 1)
+    first, Q, K, V, QF0, KF0, QF1, KF1, floor0, floor1 = _head_inputs(
+        Q, K, V, QF0, KF0, QF1, KF1, FLOORS, num_tokens, head_dims, value_dims, width0,
+        width1, NUM_AXES)
+    GRAD_Q += first * head_dims
+    GRAD_QF0 += first * width0
+    GRAD_QF1 += first * width1
 
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_valid = rows < num_tokens
     q = _load_rows(Q, rows, num_tokens, head_dims, 0, BLOCK_M, BLOCK_D)
-    grad_out = _load_rows(GRAD_OUT, rows, num_tokens, value_dims, 0, BLOCK_M, BLOCK_DV)
-    lse = tl.load(LSE + rows, mask=row_valid, other=0.) * 1.4426950408889634
-    delta = tl.load(DELTA + rows, mask=row_valid, other=0.)
+    grad_out, lse, delta = _saved_rows(GRAD_OUT, LSE, DELTA, first, rows, num_tokens,
+                                       value_dims, BLOCK_M, BLOCK_DV)
     grad_q = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start in range(0, num_tokens, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
@@ -277,23 +284,13 @@ def sape2_attention_backward_key_kernel(
     ``BLOCK_M`` queries): ``dv += P^T dO``, ``dk += dS^T q``,
     ``d kf_a += sign * (dS * slope_a)^T qf_a`` into the zero-initialised ``GRAD_KF*``.
     """
-    head = tl.program_id(1).to(tl.int64)
-    Q += head * num_tokens * head_dims
-    K += head * num_tokens * head_dims
-    GRAD_K += head * num_tokens * head_dims
-    V += head * num_tokens * value_dims
-    GRAD_V += head * num_tokens * value_dims
-    GRAD_OUT += head * num_tokens * value_dims
-    LSE += head * num_tokens
-    DELTA += head * num_tokens
-    QF0 += head * num_tokens * width0
-    KF0 += head * num_tokens * width0
-    GRAD_KF0 += head * num_tokens * width0
-    QF1 += head * num_tokens * width1
-    KF1 += head * num_tokens * width1
-    GRAD_KF1 += head * num_tokens * width1
-    floor0 = tl.load(FLOORS + head * NUM_AXES)
-    floor1 = tl.load(FLOORS + head * NUM_AXES + NUM_AXES - 1)
+    first, Q, K, V, QF0, KF0, QF1, KF1, floor0, floor1 = _head_inputs(
+        Q, K, V, QF0, KF0, QF1, KF1, FLOORS, num_tokens, head_dims, value_dims, width0,
+        width1, NUM_AXES)
+    GRAD_K += first * head_dims
+    GRAD_V += first * value_dims
+    GRAD_KF0 += first * width0
+    GRAD_KF1 += first * width1
 
     keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     key_valid = keys < num_tokens
@@ -305,9 +302,8 @@ def sape2_attention_backward_key_kernel(
         queries = start + tl.arange(0, BLOCK_M)
         query_valid = queries < num_tokens
         q = _load_rows(Q, queries, num_tokens, head_dims, 0, BLOCK_M, BLOCK_D)
-        grad_out = _load_rows(GRAD_OUT, queries, num_tokens, value_dims, 0, BLOCK_M, BLOCK_DV)
-        lse = tl.load(LSE + queries, mask=query_valid, other=0.) * 1.4426950408889634
-        delta = tl.load(DELTA + queries, mask=query_valid, other=0.)
+        grad_out, lse, delta = _saved_rows(GRAD_OUT, LSE, DELTA, first, queries, num_tokens,
+                                           value_dims, BLOCK_M, BLOCK_DV)
         logits_t, slope0_t, slope1_t = _logits_tile(
             k, q, qk_scale, bias_scale, KF0, QF0, width0, floor0, KF1, QF1, width1, floor1,
             keys, queries, num_tokens, NUM_AXES, ROOT, BLOCK_N, BLOCK_M, BLOCK_F, INTERPRETER)
