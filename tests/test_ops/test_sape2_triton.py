@@ -44,8 +44,9 @@ needs_interpreter = pytest.mark.skipif(
     reason=(f'Triton is not importable ({TRITON_IMPORT_ERROR})' if TRITON_IMPORT_ERROR else
             'runs in the interpreter child process of test_kernels_in_interpreter_process'))
 #: Tests of this file that the child process skips: the runner itself, the
-#: check that CPU tensors need the interpreter, and the two GPU compilations.
-CHILD_SKIPS = 4
+#: check that CPU tensors need the interpreter, the two GPU compilations and
+#: the six CUDA comparisons.
+CHILD_SKIPS = 10
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -125,16 +126,18 @@ def dense_reference(q, k, v, query_factors, key_factors, floors: Optional[torch.
     return torch.softmax(logits, dim=-1) @ v, logits.logsumexp(dim=-1)
 
 
-def leaves(tensors, dtype=None) -> List[torch.Tensor]:
-    return [t.detach().to(dtype or t.dtype).requires_grad_() for t in tensors]
+def leaves(tensors, dtype=None, device=None) -> List[torch.Tensor]:
+    return [t.detach().to(device=device or t.device, dtype=dtype or t.dtype).requires_grad_()
+            for t in tensors]
 
 
-def kernel_and_reference(case: Case, dtype=torch.float32, seed: int = 0):
+def kernel_and_reference(case: Case, dtype=torch.float32, seed: int = 0, device='cpu'):
     """Outputs, gradients (q, k, v, every query factor, every key factor) and
     inputs of the kernel and of the float64 reference, for one random cotangent."""
     q, k, v, query_factors, key_factors, floors = make_inputs(case, dtype, seed)
+    floors = floors.to(device)
     num_axes = len(query_factors)
-    inputs = leaves([q, k, v, *query_factors, *key_factors])
+    inputs = leaves([q, k, v, *query_factors, *key_factors], device=device)
     inputs64 = leaves(inputs, torch.float64)
     floors_arg = floors if case.root else None
     out = sape2_attention_triton(*inputs[:3], inputs[3:3 + num_axes], inputs[3 + num_axes:],
@@ -144,7 +147,7 @@ def kernel_and_reference(case: Case, dtype=torch.float32, seed: int = 0):
                                   case.sign)
     # Rounded to the output's dtype, so that both sides see the same one.
     cotangent = torch.randn(expected.shape, generator=torch.Generator().manual_seed(seed + 1),
-                            dtype=torch.float64).to(out.dtype).double()
+                            dtype=torch.float64).to(out.dtype).double().to(device)
     grads = torch.autograd.grad(out, inputs, cotangent.to(out.dtype))
     expected_grads = torch.autograd.grad(expected, inputs64, cotangent)
     return out, expected, grads, expected_grads, inputs
@@ -159,6 +162,12 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rtol: fl
 
 
 GRAD_NAMES = ('q', 'k', 'v')
+
+
+def gradient_names(num_axes: int) -> Tuple[str, ...]:
+    """Names of the gradients :func:`kernel_and_reference` returns, in order."""
+    return (*GRAD_NAMES, *(f'query factor {a}' for a in range(num_axes)),
+            *(f'key factor {a}' for a in range(num_axes)))
 
 CASES = {
     # 3 x 18 grid: the x factors (width 20) take two chunks of the distance loop
@@ -180,10 +189,7 @@ def test_float32_matches_float64_reference_with_every_gradient(case):
     out, expected, grads, expected_grads, inputs = kernel_and_reference(case)
     assert out.dtype == torch.float32 and out.shape == expected.shape
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
-    num_axes = (len(inputs) - 3) // 2
-    names = (*GRAD_NAMES, *(f'query factor {a}' for a in range(num_axes)),
-             *(f'key factor {a}' for a in range(num_axes)))
-    for name, got, want in zip(names, grads, expected_grads):
+    for name, got, want in zip(gradient_names((len(inputs) - 3) // 2), grads, expected_grads):
         # The factors' gradients go through 0.5 / root: float32 rounding of a
         # squared distance, relative to its size, is amplified where the root
         # is small; compared to the largest entry they agree to ~1e-6.
@@ -204,8 +210,7 @@ def test_half_inputs_match_float64_reference(dtype):
     # 2^-11 (fp16); errors of a few u relative to the largest value.
     unit = 2.**-8 if dtype == torch.bfloat16 else 2.**-11
     assert_close_to_scale(out, expected, rtol=4 * unit, scale_tol=4 * unit, name='out')
-    names = (*GRAD_NAMES, 'query factor 0', 'query factor 1', 'key factor 0', 'key factor 1')
-    for name, got, want in zip(names, grads, expected_grads):
+    for name, got, want in zip(gradient_names(2), grads, expected_grads):
         # The float32 factor gradients see dS in float32 but P from half q, k:
         # they differ from the reference only by its rounding, like dq and dk.
         assert_close_to_scale(got, want, rtol=8 * unit, scale_tol=8 * unit, name=name)
@@ -345,6 +350,61 @@ def test_compiles_without_graph_breaks_and_exports_as_one_op():
     targets = [node.target for node in exported.graph.nodes if node.op == 'call_function']
     assert targets.count(torch.ops.mmsape.sape2_attention_triton.default) == 1
     torch.testing.assert_close(exported.module()(*eager_inputs), expected)
+
+
+@needs_interpreter
+def test_autotuned_launches_match_reference(monkeypatch):
+    # On a GPU every kernel is autotuned: each candidate tile configuration
+    # runs on the real buffers first, and the backward kernels add into the
+    # factors' gradients. Here the same autotuner runs under the interpreter
+    # (timing with a wall clock), so these results went through it.
+    import importlib
+    import time
+
+    from mmsape.ops.sape2 import sape2_attention_triton as module
+
+    def wall_clock(function, quantiles):
+        start = time.perf_counter()
+        function()
+        return [time.perf_counter() - start] * len(quantiles)
+
+    kernels = importlib.import_module('mmsape.ops.sape2.sape2_triton_kernels')
+    launchers = module._Launchers(kernels, interpreted=True, do_bench=wall_clock)
+    monkeypatch.setattr(module, '_launchers', lambda: launchers)
+    case = Case(3, 6, num_prefix=1, root=True, sign=-1., heads=1)
+    out, expected, grads, expected_grads, _ = kernel_and_reference(case)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert_close_to_scale(got, want, rtol=1e-4, scale_tol=1e-5, name='gradient')
+    tuned = (launchers.forward, launchers.backward_query, launchers.backward_key)
+    assert all(len(kernel.configs) > 1 and kernel.cache for kernel in tuned)
+
+
+def _cuda_unavailable_reason() -> Optional[str]:
+    if not torch.cuda.is_available():
+        return 'needs a CUDA GPU'
+    if INTERPRETED:
+        return 'Triton interprets every kernel in this process'
+    return triton_unavailable_reason('cuda')
+
+
+@pytest.mark.skipif(_cuda_unavailable_reason() is not None,
+                    reason=str(_cuda_unavailable_reason()))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('side,root', [(32, True), (32, False), (64, True)],
+                         ids=['1024-tokens-l2', '1024-tokens-squared', '4096-tokens-l2'])
+def test_cuda_matches_float64_reference(side, root, dtype):
+    # The compiled kernels at detection-like sizes: a 32 x 32 or 64 x 64 grid
+    # and a class token, head dim 64, factor widths 34 / 66.
+    case = Case(side, side, num_prefix=1, root=root, sign=1., head_dims=64)
+    out, expected, grads, expected_grads, inputs = kernel_and_reference(case, dtype,
+                                                                        device='cuda')
+    assert out.is_cuda and out.dtype == dtype
+    # Float32: sums over thousands of keys in float32; half: as in the CPU test.
+    unit = 2.**-8 if dtype == torch.bfloat16 else 2e-6
+    assert_close_to_scale(out, expected, rtol=4 * unit, scale_tol=4 * unit, name='out')
+    for name, got, want in zip(gradient_names((len(inputs) - 3) // 2), grads, expected_grads):
+        assert_close_to_scale(got, want, rtol=8 * unit, scale_tol=8 * unit, name=name)
 
 
 # ------------------------------------------------------- both processes

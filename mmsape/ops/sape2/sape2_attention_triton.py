@@ -69,9 +69,9 @@ _KERNELS_MODULE = __name__.rpartition('.')[0] + '.sape2_triton_kernels'
 _INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_F=16)
 #: CUDA autotuning candidates: (BLOCK_M, BLOCK_N, BLOCK_F, num_warps, num_stages).
 #: Chosen by compiling for sm_90 with ptxas (no GPU at hand): for bfloat16
-#: inputs at head dims 32, 64 and 128, and for float32 at 64, every kernel has
-#: candidates that spill no registers; software pipelining (num_stages > 1)
-#: and larger tiles spilled. The backward kernels walk over thin tiles (16
+#: inputs at head dims 32, 64 and 128, and for float16 and float32 at 64, every
+#: kernel has candidates that spill no registers; software pipelining
+#: (num_stages > 1) and larger tiles spilled. The backward kernels walk over thin tiles (16
 #: tokens): Triton's float32 products keep ``16 x`` (rows + columns) operand
 #: values per thread.
 _FORWARD_CONFIGS = ((64, 64, 16, 8, 1), (128, 32, 16, 8, 1), (64, 32, 16, 4, 1),
@@ -140,39 +140,54 @@ def triton_available(device) -> bool:
 
 # -------------------------------------------------------------------- kernels
 class _Launchers:
-    """The three kernels of one mode (compiled and autotuned, or interpreted)."""
+    """The three kernels, autotuned, or with :data:`_INTERPRETER_CONFIG` when
+    interpreted (Triton's default benchmarker needs a GPU).
 
-    def __init__(self, module, interpreted: bool) -> None:
+    Args:
+        module: The kernel module.
+        interpreted (bool): Whether its kernels are interpreted.
+        do_bench (callable, optional): Autotune even so, timing with this
+            benchmarker (``do_bench(fn, quantiles)``; for tests).
+    """
+
+    def __init__(self, module, interpreted: bool, do_bench=None) -> None:
         self.interpreted = interpreted
+        self.fixed_config = interpreted and do_bench is None
         kernels = (module.sape2_attention_forward_kernel,
                    module.sape2_attention_backward_query_kernel,
                    module.sape2_attention_backward_key_kernel)
-        if interpreted:
+        if self.fixed_config:
             self.forward, self.backward_query, self.backward_key = kernels
-        else:
-            self.forward = _autotuned(kernels[0], _FORWARD_CONFIGS)
-            self.backward_query = _autotuned(kernels[1], _BACKWARD_QUERY_CONFIGS)
-            self.backward_key = _autotuned(kernels[2], _BACKWARD_KEY_CONFIGS)
+            return
+        tune = functools.partial(_autotuned, do_bench=do_bench)
+        self.forward = tune(kernels[0], _FORWARD_CONFIGS)
+        # The backward kernels add to the factors' gradients: every timed run
+        # must start from zeros again, and so must the real one.
+        self.backward_query = tune(kernels[1], _BACKWARD_QUERY_CONFIGS,
+                                   reset_to_zero=['GRAD_QF0', 'GRAD_QF1'])
+        self.backward_key = tune(kernels[2], _BACKWARD_KEY_CONFIGS,
+                                 reset_to_zero=['GRAD_KF0', 'GRAD_KF1'])
 
     def launch(self, kernel, grid_block: str, num_tokens: int, num_heads: int, *args,
                **constexprs) -> None:
         """Run ``kernel`` over (tiles of ``grid_block`` tokens, batch * heads)."""
         import triton
         constexprs['INTERPRETER'] = self.interpreted
-        if self.interpreted:
+        if self.fixed_config:
             constexprs.update(_INTERPRETER_CONFIG)
         kernel[lambda meta: (triton.cdiv(num_tokens, meta[grid_block]), num_heads)](
             *args, **constexprs)
 
 
-def _autotuned(kernel, configs: Sequence[Tuple[int, ...]]):
+def _autotuned(kernel, configs: Sequence[Tuple[int, ...]], reset_to_zero=None, do_bench=None):
     import triton
     triton_configs = [
         triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_F=block_f),
                       num_warps=num_warps, num_stages=num_stages)
         for block_m, block_n, block_f, num_warps, num_stages in configs
     ]
-    return triton.autotune(configs=triton_configs, key=_AUTOTUNE_KEY)(kernel)
+    return triton.autotune(configs=triton_configs, key=_AUTOTUNE_KEY,
+                           reset_to_zero=reset_to_zero, do_bench=do_bench)(kernel)
 
 
 @functools.lru_cache(maxsize=None)

@@ -78,16 +78,12 @@ def _squared_distances(ROW_FACTORS, row_offsets, COL_FACTORS, col_offsets, width
     (258 for a 256-wide grid costs 17 chunks of 16, not a 512-wide tile).
     """
     squared = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
-    row_valid = row_offsets < num_tokens
-    col_valid = col_offsets < num_tokens
     for start in range(0, width, BLOCK_F):
-        features = start + tl.arange(0, BLOCK_F)
-        feature_valid = features < width
-        rows = tl.load(ROW_FACTORS + row_offsets[:, None] * width + features[None, :],
-                       mask=row_valid[:, None] & feature_valid[None, :], other=0.)
-        cols_t = tl.load(COL_FACTORS + col_offsets[None, :] * width + features[:, None],
-                         mask=feature_valid[:, None] & col_valid[None, :], other=0.)
-        squared = tl.dot(rows, cols_t, squared, input_precision='ieee')
+        rows = _load_rows(ROW_FACTORS, row_offsets, num_tokens, width, start, BLOCK_ROWS,
+                          BLOCK_F)
+        cols = _load_rows(COL_FACTORS, col_offsets, num_tokens, width, start, BLOCK_COLS,
+                          BLOCK_F)
+        squared = tl.dot(rows, tl.trans(cols), squared, input_precision='ieee')
     return squared
 
 
