@@ -13,7 +13,8 @@ in the FlashAttention-2 structure (kernels in :mod:`.sape2_triton_kernels`):
   tiles with an online softmax; per tile one tensor-core product ``q k^T``,
   per axis one float32 IEEE product of the factors (in chunks of the factor
   width) and the safe root, then ``P v``. Saved for backward: the inputs, the
-  output and the row log-sum-exp, i.e. O(N) per head, never an N x N tensor;
+  float32 output and the row log-sum-exp, i.e. O(N) per head, never an N x N
+  tensor;
 * backward: two kernels recompute each tile from the lse. One program per
   key tile accumulates ``dk`` and ``dv`` in registers and adds each tile's
   share of the key factors' gradients to their rows in place (float32, in
@@ -23,11 +24,13 @@ in the FlashAttention-2 structure (kernels in :mod:`.sape2_triton_kernels`):
   every output row belongs to one program.
 
 Cost per pair of tokens, with ``W`` the summed factor widths (132 for a
-64 x 64 grid) and ``d`` the head dim: ``18 d`` tensor-core FLOPs (forward
-``4 d``; backward ``14 d``, the FlashAttention-2 tutorial's split, which
-recomputes ``q k^T`` and ``dO v^T`` once more than flash attention's ``10 d``)
-and ``10 W`` float32 FLOPs on CUDA cores (the distances once forward and twice
-backward, the two factor gradients). Plain flash attention needs ``14 d``.
+64 x 64 grid) and ``d`` the head dim: ``20 d`` tensor-core FLOPs (forward
+``6 d``, with ``P v`` twice for half inputs, see
+:func:`sape2_attention_triton_forward`; backward ``14 d``, the
+FlashAttention-2 tutorial's split, which recomputes ``q k^T`` and ``dO v^T``
+once more than flash attention's ``10 d``) and ``10 W`` float32 FLOPs on CUDA
+cores (the distances once forward and twice backward, the two factor
+gradients). Plain flash attention needs ``14 d`` tensor-core FLOPs.
 CUDA cores do about 15x fewer FLOPs per second than bfloat16 tensor cores on
 Hopper, so the float32 part dominates; it cannot move to tensor cores, whose
 TF32 mantissa leaves the matmul form's rounding far above the floor (see the
@@ -301,14 +304,23 @@ def _tokens_bucket(num_tokens: int) -> int:
 def sape2_attention_triton_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: List[Tensor],
                                    key_factors: List[Tensor], floors: Optional[Tensor],
                                    root: bool, sign: float) -> Tuple[Tensor, Tensor]:
-    """The forward kernel: ``(out, lse)``, ``lse`` the float32 ``(..., N)`` row
-    log-sum-exp of the logits. See :func:`sape2_attention_triton`."""
+    """The forward kernel: ``(out, lse)`` in float32, ``lse`` the ``(..., N)``
+    row log-sum-exp of the logits. See :func:`sape2_attention_triton`.
+
+    The output is float32, computed with ``P`` split into a half-precision
+    part and its remainder for half inputs, because the backward's row term
+    ``delta = rowsum(dO * O)`` needs it to that precision: from a
+    bfloat16-rounded output (or ``P``), the rounding dominates the factors'
+    gradients (2% of their scale at 1024 tokens instead of 1e-6, measured
+    through the interpreter). Flash attention's dq and dk tolerate such errors;
+    the factors' gradients cancel on their way to the SaPE vectors.
+    """
     _check_inputs(q, k, v, query_factors, key_factors, floors, root)
     kernels = _kernels_for(q.device)
     q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
     qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
     num_heads, num_tokens = q3.shape[:2]
-    out = torch.empty_like(v3)
+    out = torch.empty(v3.shape, device=q.device, dtype=torch.float32)
     lse = torch.empty(num_heads, num_tokens, device=q.device, dtype=torch.float32)
     scalars, constexprs = _problem_args(q3, v3, qf3, root, sign)
     kernels.launch(kernels.forward, 'BLOCK_M', num_tokens, num_heads,
@@ -322,7 +334,8 @@ def sape2_attention_triton_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
 def _(q, k, v, query_factors, key_factors, floors, root, sign):
     _check_inputs(q, k, v, query_factors, key_factors, floors, root)
     # Contiguous, like the kernels' outputs, whatever the inputs' strides.
-    return v.new_empty(v.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return (v.new_empty(v.shape, dtype=torch.float32),
+            q.new_empty(q.shape[:-1], dtype=torch.float32))
 
 
 @torch.library.custom_op('mmsape::sape2_attention_triton_backward', mutates_args=())
@@ -343,6 +356,8 @@ def sape2_attention_triton_backward(
     num_heads, num_tokens = q3.shape[:2]
     lse2 = lse.reshape(num_heads, num_tokens).contiguous()
     delta = (grad_out3.float() * out.reshape(grad_out3.shape).float()).sum(-1)
+    # dO meets v on tensor cores: in v's dtype (a half output's gradient is).
+    grad_out3 = grad_out3.to(v.dtype)
     if grad_lse is not None:
         delta -= grad_lse.reshape(delta.shape)
     floor_table = _floor_table(floors, q, len(qf3))
@@ -420,7 +435,7 @@ def sape2_attention_triton(q: Tensor, k: Tensor, v: Tensor, query_factors: Seque
     _check_inputs(q, k, v, query_factors, key_factors, floors, root)
     out, _ = sape2_attention_triton_forward(q, k, v, query_factors, key_factors,
                                             floors if root else None, bool(root), float(sign))
-    return out
+    return out.to(v.dtype)
 
 
 __all__ = ['MAX_HEAD_DIMS', 'MIN_CUDA_CAPABILITY', 'sape2_attention_triton',

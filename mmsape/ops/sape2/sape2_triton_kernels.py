@@ -205,7 +205,13 @@ def sape2_attention_forward_kernel(
         probs = tl.math.exp2(logits - new_max[:, None])
         row_sum = row_sum * correction + tl.sum(probs, 1)
         v = _load_rows(V, cols, num_tokens, value_dims, 0, BLOCK_N, BLOCK_DV)
-        acc = _dot(probs.to(v.dtype), v, acc * correction[:, None], INTERPRETER)
+        rounded = probs.to(v.dtype)
+        acc = _dot(rounded, v, acc * correction[:, None], INTERPRETER)
+        if v.dtype != tl.float32:
+            # P = rounded + rest: a second tensor-core product with the rest
+            # gives the output to float32 precision, which the backward's
+            # delta = rowsum(dO * O) needs for the factors' gradients.
+            acc = _dot((probs - rounded.to(tl.float32)).to(v.dtype), v, acc, INTERPRETER)
         row_max = new_max
     _store_rows(OUT, acc / row_sum[:, None], rows, num_tokens, value_dims, 0, BLOCK_DV)
     # Natural-log lse: log(sum exp(l)) = ln(2) * log2(sum 2^(l * log2(e))).
