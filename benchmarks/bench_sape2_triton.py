@@ -95,7 +95,7 @@ def check_device(args: argparse.Namespace) -> None:
 
 def sape_factors(side: int, args: argparse.Namespace) -> Tuple[list, list, torch.Tensor]:
     """Per-axis float32 query and key factors (leaves requiring grad) and floors."""
-    from mmsape.models.pos_encodings.sape2 import rounding_floor, squared_distance_factors
+    from mmsape.ops.sape2 import rounding_floor, squared_distance_factors
     shape = (args.batch, args.heads, side * side, side)
     factors = []
     for _ in range(2):  # x and y
@@ -118,8 +118,7 @@ def make_case(method: str, tokens: int,
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from mmsape.models.pos_encodings.base import attention_with_bias
-    from mmsape.models.pos_encodings.sape2 import sape_bias
-    from mmsape.models.pos_encodings.sape2_kernels import sape2_block_attention
+    from mmsape.ops.sape2 import sape2_block_attention, sape_bias
     from mmsape.ops.sape2.sape2_attention_triton import sape2_attention_triton
 
     side = math.isqrt(tokens)
