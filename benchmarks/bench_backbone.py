@@ -64,15 +64,20 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'peg': ('PEG (CPVT, after block 0)', dict(type='PEG')),
     'rope_mixed': ('2D RoPE mixed', dict(type='RoPE2D', mode='mixed')),
     'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
+    'rope_normalized': ('2D RoPE, DINOv3 normalised coords (rescale 2)',
+                        dict(type='RoPE2D', normalize_coords='separate', rescale_coords=2.)),
+    'lookhere': ('LookHere LH-180', dict(type='LookHere')),
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
+    'lookhere_window': ('LookHere LH-180, ViTDet windows', dict(type='LookHere')),
 }
 #: ViTDet-style blocks (as in configs/mask_rcnn): 14 x 14 windows, except four
 #: global blocks; no class token, the feature map out.
 WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cls_token=False,
                       out_type='featmap')
 #: name -> extra PosEncViT arguments.
-BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
+BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
+                    'lookhere_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 

@@ -3,9 +3,10 @@ their compiled CPU source (``csrc/``).
 
 :mod:`.functional` holds the equations as tensor functions, :mod:`.block_attention`
 the FlashAttention-style kernels and their dispatch, :mod:`.sape2_attention_cpu`
-the loader of the compiled CPU kernel; every kernel is a PyTorch custom operator
-(``torch.ops.mmsape.*``, :mod:`.attention_autograd`). The registered module that owns the
-tables is :class:`mmsape.models.SaPE2`.
+the loader of the compiled CPU kernel, :mod:`.sape2_attention_triton` the fused
+GPU kernels (imported on demand: it needs Triton); every kernel is a PyTorch
+custom operator (``torch.ops.mmsape.*``, :mod:`.attention_autograd`). The
+registered module that owns the tables is :class:`mmsape.models.SaPE2`.
 """
 from .block_attention import (
     BLOCK_ELEMENTS,
