@@ -8,9 +8,10 @@ For ``--tokens`` patch tokens on a square grid (1024 -> 32x32) plus
 * ``sdpa``: ``scaled_dot_product_attention`` with the flash backend, no
   position encoding (the reference of every ratio);
 * ``triton``: SaPE² by ``sape2_attention_triton`` (fused kernels, O(N) memory);
-* ``block``: SaPE² by ``sape2_block_attention``, the pure-PyTorch loop over
-  query blocks that ``impl='chunked'`` runs on CUDA today (float32 q/k/v, as
-  the module passes them);
+* ``block``: SaPE² by ``sape2_block_attention(kernel='python')``, the
+  pure-PyTorch loop over query blocks that ``impl='chunked'`` ran on CUDA
+  before the Triton kernels (and runs where they cannot; float32 q/k/v, as
+  the module passed them);
 * ``dense``: SaPE² with the (B, heads, N, N) bias materialised (``impl='dense'``)
   and passed to SDPA as its mask.
 
@@ -140,9 +141,12 @@ def make_case(method: str, tokens: int,
         if method == 'triton':
             return sape2_attention_triton(q, k, v, query_factors, key_factors, floors, root)
         if method == 'block':
+            # The kernel sape2_block_attention ran on CUDA before the Triton
+            # kernels (it picks those now).
             out = sape2_block_attention(q.float(), k.float(), v.float(), query_factors,
                                         key_factors, floors if root else None, root,
-                                        block_size=args.block_size, symmetric=True)
+                                        block_size=args.block_size, symmetric=True,
+                                        kernel='python')
             return out.to(dtype)
         bias = sape_bias(query_factors, key_factors, args.distance)
         return attention_with_bias(q, k, v, bias)

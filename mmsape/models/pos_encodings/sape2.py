@@ -111,10 +111,11 @@ class SaPE2(AttentionBiasPositionEncoding):
             - ``'dense'``: the paper's way, a (B, heads, N, N) bias.
             - ``'chunked'``: exact, memory linear in N. A FlashAttention-style
               kernel (:mod:`mmsape.ops.sape2.block_attention`): compiled, in
-              square tiles, for float32 on CPU; elsewhere a PyTorch autograd
-              function over blocks of at most ``chunk_size`` queries of one
-              (batch, head). Each block's bias comes from one matmul per axis
-              (see :func:`~mmsape.ops.sape2.squared_distance_factors`) and a
+              square tiles, for float32 on CPU; fused Triton kernels on CUDA
+              GPUs where Triton runs; elsewhere a PyTorch function over blocks
+              of at most ``chunk_size`` queries of one (batch, head). Each
+              block's bias comes from one matmul per axis (see
+              :func:`~mmsape.ops.sape2.squared_distance_factors`) and a
               safe root, and only q, k, v, the output, the factors and the
               per-row logsumexp are kept for backward, which recomputes each
               block. With attention dropout
@@ -124,11 +125,12 @@ class SaPE2(AttentionBiasPositionEncoding):
             - ``'fused'`` (``distance='squared'`` only): q and k are augmented
               with ``[-2 s, |s|^2, 1]`` and ``[s, 1, |s|^2]`` so that plain
               attention (``scale=1``) computes the logits with no N x N tensor.
-            - ``'auto'``: ``'chunked'`` where its compiled CPU kernel runs
-              (float32 on CPU, no attention dropout), the fastest there at every
-              size; otherwise ``'fused'`` for the squared distance, and
-              ``'dense'`` when all N tokens fit in one chunk (the bias is then no
-              larger than one block's) and ``'chunked'`` beyond.
+            - ``'auto'``: ``'chunked'`` where a compiled kernel runs (float32
+              on CPU; CUDA GPUs with Triton) and without attention dropout,
+              the fastest there at every size; otherwise ``'fused'`` for the
+              squared distance, and ``'dense'`` when all N tokens fit in one
+              chunk (the bias is then no larger than one block's) and
+              ``'chunked'`` beyond.
 
             Defaults to ``'auto'``.
         chunk_size (int): Most queries per block of ``impl='chunked'`` (the
@@ -139,16 +141,17 @@ class SaPE2(AttentionBiasPositionEncoding):
             Defaults to None.
 
     Note:
-        Numerics. Gates, positions and distances are computed in float32 for
-        float16 / bfloat16 inputs (and outside autocast); the attention runs
-        in the input dtype, except in the ``'chunked'`` block kernel, which
-        attends in float32 and casts the output back. ``'fused'`` casts its extra q/k features,
-        ``|s|^2`` included, to that dtype and is the least precise in half
-        precision. Distances use a matmul form (one matmul per axis), exact up
-        to rounding of order ``eps * |s|^2`` in the squared distance; entries
-        below that floor, e.g. a token and itself, are exactly 0 with gradient 0
-        (:func:`~mmsape.ops.sape2.safe_sqrt`). With TF32 matmuls enabled on GPU this floor is
-        much coarser. ``grid.pad_mask`` is not used, as in plain attention.
+        Numerics. Gates, positions and distances are computed in float32 for float16 /
+        bfloat16 inputs (and outside autocast); the attention runs in the input dtype,
+        except in the ``'chunked'`` CPU and Python kernels, which attend in float32 and
+        cast the output back (the Triton kernels take half q, k, v and accumulate in
+        float32). ``'fused'`` casts its extra q/k features, ``|s|^2`` included, to that
+        dtype and is the least precise in half precision. Distances use a matmul form
+        (one matmul per axis), exact up to rounding of order ``eps * |s|^2`` in the
+        squared distance; entries below that floor, e.g. a token and itself, are exactly
+        0 with gradient 0 (:func:`~mmsape.ops.sape2.safe_sqrt`). With TF32 matmuls
+        enabled on GPU this floor is much coarser. ``grid.pad_mask`` is not used, as in
+        plain attention.
 
     Examples:
         >>> import torch
@@ -243,7 +246,8 @@ class SaPE2(AttentionBiasPositionEncoding):
                 q.device, _compute_dtype(q.dtype)):
             # Measured on CPU: faster than 'dense' at every size (2x at 196
             # tokens) and than SDPA on augmented q/k ('fused'), whose head
-            # dim doubles (1.4x at 1024 tokens).
+            # dim doubles (1.4x at 1024 tokens). On CUDA: the fused Triton
+            # kernels (where they cannot run, uses_compiled_kernel warns once).
             return 'chunked'
         if self.distance == 'squared':
             return 'fused'

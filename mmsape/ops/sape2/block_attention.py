@@ -13,26 +13,27 @@ the squared-distance model) or through the safe square root of
 ``sq > floor`` and ``D = 0`` with zero gradient at or below the rounding floor.
 
 :func:`sape2_block_attention` is the one entry point; it picks the kernel for
-the inputs' device and dtype (a compiled kernel for another device joins there
-and in :func:`compiled_kernel_for`). The kernels give the same results up to
-float rounding:
+the inputs' device and dtype (:func:`compiled_kernel_for`). The kernels give
+the same results up to float rounding:
 
 * the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for float32 CPU
   tensors (tiled, each pair of distance tiles computed once);
+* the fused Triton kernels of :mod:`.sape2_attention_triton`, on CUDA GPUs
+  (compute capability >= 8.0) where Triton is installed;
 * the Python kernel (:func:`sape2_attention_python_forward` and its backward),
-  pure PyTorch over query blocks: every other device and dtype (CUDA, float64,
-  half).
+  pure PyTorch over query blocks: every other device and dtype (float64, CUDA
+  without Triton, ...).
 
 Each kernel is a pair of PyTorch custom operators with fake implementations
 and one autograd formula (:mod:`.attention_autograd`), so that
 ``torch.compile`` traces a SaPE² model without graph breaks and
 ``torch.export`` records one op per attention.
 
-Memory. Both keep only q, k, v, the output, the factors and the per-row
+Memory. All keep only q, k, v, the output, the factors and the per-row
 logsumexp for backward, i.e. O(N * (d + W + H)) per head, and recompute the
 probabilities of each block in backward. The Python kernel walks over blocks
 of ``block_size`` queries of one (batch, head) at a time on a handful of
-``block_size x N`` buffers, allocated once per call. Neither has attention
+``block_size x N`` buffers, allocated once per call. None has attention
 dropout: :func:`checkpointed_block_attention` serves that case with the same
 memory bound.
 
@@ -49,8 +50,9 @@ root, then set to exactly 0 by a second ``threshold``; see
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
 import math
+import warnings
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,9 @@ from torch.utils.checkpoint import checkpoint
 from .attention_autograd import register_attention_autograd
 from .functional import sape_bias
 from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
+from .sape2_attention_triton import MAX_HEAD_DIMS as TRITON_MAX_HEAD_DIMS
+from .sape2_attention_triton import Q_DTYPES as TRITON_Q_DTYPES
+from .sape2_attention_triton import sape2_attention_triton, triton_unavailable_reason
 
 #: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
 #: buffers of a block are then about as large as a core's L2 cache, and the
@@ -283,16 +288,19 @@ def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> Li
 
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
                           key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
-                          sign: float = 1., block_size: int = 128,
-                          symmetric: bool = False) -> Tensor:
+                          sign: float = 1., block_size: int = 128, symmetric: bool = False,
+                          kernel: Optional[str] = None) -> Tensor:
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
-    in query blocks, without any N x N tensor saved for backward.
+    in tiles or query blocks, without any N x N tensor saved for backward.
 
-    The kernel is chosen by :func:`compiled_kernel_for` the device and the
-    factors' dtype: float32 CPU inputs with ``symmetric=True`` go through the
-    compiled CPU kernel when it is available
-    (:func:`~.sape2_attention_cpu.load_cpu_kernel`), everything else through
-    the Python kernel (:func:`sape2_attention_python_forward`). Both are custom
+    The kernel follows the device and the factors' dtype
+    (:func:`compiled_kernel_for`): float32 factors on a CUDA GPU where Triton
+    runs go through the fused Triton kernels
+    (:func:`~.sape2_attention_triton.sape2_attention_triton`, q, k and v in
+    their own dtype, float32, float16 or bfloat16); float32 CPU inputs with
+    ``symmetric=True`` through the compiled CPU kernel when it is available
+    (:func:`~.sape2_attention_cpu.load_cpu_kernel`); everything else through
+    the Python kernel (:func:`sape2_attention_python_forward`). All are custom
     operators (:mod:`.attention_autograd`): ``torch.compile`` traces this
     function without a graph break.
 
@@ -312,30 +320,41 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         sign (float): +1 or -1, the sign of the bias. Defaults to 1.
         block_size (int): Python kernel only: most queries per block; fewer
             when ``block_size x N`` exceeds :data:`BLOCK_ELEMENTS` (but at least
-            16). The compiled kernel has fixed cache-sized tiles. Defaults to 128.
+            16). The compiled kernels have fixed or autotuned tiles.
+            Defaults to 128.
         symmetric (bool): The factors of every axis are those that
             :func:`~.functional.squared_distance_factors` makes of one set of
-            vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled kernel then
-            computes the distances of each pair of tiles once, for both
+            vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled CPU kernel
+            then computes the distances of each pair of tiles once, for both
             orientations. Defaults to False.
+        kernel (str, optional): One of :data:`KERNELS` to force a kernel (for
+            benchmarks and tests); None picks as described. Defaults to None.
 
     Returns:
-        Tensor: ``(..., N, dv)`` in v's dtype. The attention runs in the
-        factors' dtype (q, k and v are cast to it; float32 factors for half
-        q, k, v), on one device.
+        Tensor: ``(..., N, dv)`` in v's dtype. The CPU and Python kernels
+        attend in the factors' dtype (q, k and v are cast to it; float32
+        factors for half q, k, v); all tensors on one device.
     """
     if root and floors is None:
         raise ValueError('root=True needs the rounding floors of the squared distances.')
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f'kernel must be one of {KERNELS} or None, got {kernel!r}.')
     query_factors = [f.contiguous() for f in query_factors]
     key_factors = [f.contiguous() for f in key_factors]
     dtype = query_factors[0].dtype
-    kernel = compiled_kernel_for(q.device, dtype)
-    out_dtype = v.dtype
-    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+    if kernel is None:
+        kernel = _kernel_for_inputs(q, v, dtype, len(query_factors), symmetric)
     floors = floors if root else None
-    if kernel == 'cpu' and symmetric:
+    out_dtype = v.dtype
+    if kernel == 'triton':
+        if q.dtype not in TRITON_Q_DTYPES:
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+        out = sape2_attention_triton(q, k, v, query_factors, key_factors, floors, root, sign)
+        return out.to(out_dtype)
+    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+    if kernel == 'cpu':
         out = sape2_attention_cpu(q, k, v, query_factors, key_factors, floors, root, sign)
     else:
         num_tokens = q.shape[-2]
@@ -345,23 +364,60 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     return out.to(out_dtype)
 
 
+#: The kernels of :func:`sape2_block_attention`: the compiled CPU kernel, the
+#: fused Triton kernels, the Python kernel.
+KERNELS = ('cpu', 'triton', 'python')
+
+
+def _kernel_for_inputs(q: Tensor, v: Tensor, dtype: torch.dtype, num_axes: int,
+                       symmetric: bool) -> str:
+    compiled = compiled_kernel_for(q.device, dtype)
+    if compiled == 'cpu' and symmetric:
+        return 'cpu'
+    if compiled == 'triton' and num_axes <= 2 and max(q.shape[-1],
+                                                      v.shape[-1]) <= TRITON_MAX_HEAD_DIMS:
+        return 'triton'
+    return 'python'
+
+
+# Reasons the Triton kernels could not run that a warning has reported.
+_reported_triton_failures: Set[str] = set()
+
+
 @torch.compiler.assume_constant_result
 def compiled_kernel_for(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """The compiled kernel :func:`sape2_block_attention` runs (symmetric)
-    inputs of this device and factor dtype through: ``'cpu'`` (the compiled CPU
-    kernel), or None (the Python kernel).
+    """The compiled kernel that :func:`sape2_block_attention` runs (symmetric)
+    inputs of this device and factor dtype through, or None for the Python kernel.
+
+    ``'cpu'``: the compiled CPU kernel, for float32 on the CPU where it could be
+    built. ``'triton'``: the fused Triton kernels, for float32 factors on a CUDA
+    GPU where they run (Triton installed, compute capability >= 8.0); where
+    they cannot, one warning says why, and the Python kernel (and, in
+    :class:`~mmsape.models.SaPE2`, the other PyTorch paths) take over.
 
     ``torch.compile`` calls this once per traced graph and keeps the answer
     (setting ``MMSAPE_SAPE2_CPU_KERNEL`` later does not retrace).
     """
-    if uses_cpu_kernel(device, dtype):
-        return 'cpu'
+    if device.type == 'cpu':
+        return 'cpu' if uses_cpu_kernel(device, dtype) else None
+    if device.type != 'cuda' or dtype != torch.float32:
+        return None
+    reason = triton_unavailable_reason(device)
+    if reason is None:
+        return 'triton'
+    if reason not in _reported_triton_failures:
+        _reported_triton_failures.add(reason)
+        warnings.warn(
+            f'The fused Triton kernels of exact SaPE² attention cannot run on {device}: '
+            f'{reason}. SaPE² takes its PyTorch paths there instead (same results; slower, '
+            f"and impl='dense' holds an N x N bias).", RuntimeWarning, stacklevel=2)
     return None
 
 
 def uses_compiled_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`sape2_block_attention` runs symmetric inputs of this device
-    and factor dtype through a compiled kernel rather than the Python one."""
+    and factor dtype through a compiled kernel (CPU or Triton) rather than the
+    Python one."""
     return compiled_kernel_for(device, dtype) is not None
 
 
@@ -418,6 +474,6 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
         q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
 
 
-__all__ = ['BLOCK_ELEMENTS', 'checkpointed_block_attention', 'compiled_kernel_for',
+__all__ = ['BLOCK_ELEMENTS', 'KERNELS', 'checkpointed_block_attention', 'compiled_kernel_for',
            'sape2_attention_python_backward', 'sape2_attention_python_forward',
            'sape2_block_attention', 'uses_compiled_kernel']
