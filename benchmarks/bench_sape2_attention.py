@@ -6,10 +6,11 @@ head dim 64, batch 1) computed by:
 
 * ``sdpa``: plain ``scaled_dot_product_attention``, no position encoding;
 * ``dense``: SaPE² as in the paper, with a materialised (B, heads, N, N) bias;
-* ``chunked``: mmsape's exact, memory-lean SaPE² through its compiled CPU
-  kernel (tiles, recomputed in backward) where it runs (float32 on CPU);
+* ``chunked``: mmsape's exact, memory-lean SaPE² through a compiled kernel
+  (tiles, recomputed in backward) where one runs: the CPU kernel (float32 on
+  CPU), the fused Triton kernels (CUDA);
 * ``chunked_python``: the same through the pure-PyTorch block kernel (what
-  other devices and dtypes run);
+  other devices and dtypes run, and CUDA without Triton);
 * ``squared_chunked``: SaPE² with the squared distance (a different model)
   through the compiled kernel;
 * ``fused``: the squared-distance model by plain fused attention on augmented
@@ -58,9 +59,9 @@ METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fus
 METHOD_LABELS = {
     'sdpa': 'plain SDPA (no PE)',
     'dense': 'SaPE² exact, dense (paper-style)',
-    'chunked': 'SaPE² exact, chunked (compiled kernel)',
+    'chunked': 'SaPE² exact, chunked (compiled kernel: CPU / Triton)',
     'chunked_python': 'SaPE² exact, chunked (Python kernel)',
-    'squared_chunked': 'SaPE² squared, chunked (compiled kernel)',
+    'squared_chunked': 'SaPE² squared, chunked (compiled kernel: CPU / Triton)',
     'fused': 'SaPE² squared, fused (SDPA on augmented q/k)',
     'rope': '2D RoPE mixed',
     'peg': 'PEG (SDPA + its 3x3 depthwise conv)',
@@ -97,19 +98,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def python_kernel_only(enabled: bool):
-    """Run the exact SaPE² through its Python kernel instead of the compiled one."""
-    from mmsape.ops.sape2 import CPU_KERNEL_ENV
-    previous = os.environ.get(CPU_KERNEL_ENV)
+    """Run the exact SaPE² through its Python kernel instead of a compiled one
+    (the CPU kernel, or the Triton kernels on CUDA)."""
+    from mmsape.ops.sape2 import CPU_KERNEL_ENV, TRITON_ENV
+    previous = {name: os.environ.get(name) for name in (CPU_KERNEL_ENV, TRITON_ENV)}
     if enabled:
-        os.environ[CPU_KERNEL_ENV] = '0'
+        os.environ.update(dict.fromkeys(previous, '0'))
     try:
         yield
     finally:
         if enabled:
-            if previous is None:
-                del os.environ[CPU_KERNEL_ENV]
-            else:
-                os.environ[CPU_KERNEL_ENV] = previous
+            for name, value in previous.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
 
 
 def make_case(method: str, tokens: int,

@@ -13,6 +13,7 @@ import torch
 from mmsape.models.pos_encodings.base import TokenGrid
 from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
+    TRITON_ENV,
     block_attention,
     compiled_kernel_for,
     load_cpu_kernel,
@@ -79,6 +80,17 @@ def test_cuda_without_triton_warns_once_and_takes_the_python_kernel(reason, trit
     triton_reason['set'](reason + ' (cuda:1)')
     with pytest.warns(RuntimeWarning, match=r'\(cuda:1\)'):
         assert compiled_kernel_for(torch.device('cuda', 1), torch.float32) is None
+
+
+def test_environment_variable_skips_triton_without_warning(triton_reason, monkeypatch):
+    triton_reason['set'](NOT_IMPORTABLE)
+    monkeypatch.setenv(TRITON_ENV, '0')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert compiled_kernel_for(CUDA, torch.float32) is None
+    monkeypatch.setenv(TRITON_ENV, '1')
+    triton_reason['set'](None)
+    assert compiled_kernel_for(CUDA, torch.float32) == 'triton'
 
 
 def test_cuda_float64_takes_the_python_kernel_without_asking_triton(triton_reason):

@@ -10,6 +10,8 @@ registered module that owns the tables is :class:`mmsape.models.SaPE2`.
 """
 from .block_attention import (
     BLOCK_ELEMENTS,
+    KERNELS,
+    TRITON_ENV,
     checkpointed_block_attention,
     compiled_kernel_for,
     sape2_attention_python_backward,
@@ -43,8 +45,8 @@ __all__ = [
     'contextual_positions', 'table_positions', 'interpolate_table', 'axis_sape_vectors',
     'sape_vectors', 'squared_distance_factors', 'pairwise_squared_l2', 'rounding_floor',
     'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk', 'BLOCK_ELEMENTS',
-    'checkpointed_block_attention', 'compiled_kernel_for', 'sape2_attention_python_forward',
-    'sape2_attention_python_backward', 'sape2_block_attention', 'uses_compiled_kernel',
+    'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention', 'compiled_kernel_for',
+    'sape2_attention_python_forward', 'sape2_attention_python_backward', 'sape2_block_attention', 'uses_compiled_kernel',
     'CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu_forward',
     'sape2_attention_cpu_backward', 'uses_cpu_kernel'
 ]

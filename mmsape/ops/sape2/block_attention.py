@@ -50,6 +50,7 @@ root, then set to exactly 0 by a second ``threshold``; see
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
 import math
+import os
 import warnings
 from functools import partial
 from typing import List, Optional, Sequence, Set, Tuple
@@ -364,6 +365,9 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     return out.to(out_dtype)
 
 
+#: Environment variable: ``0`` skips the fused Triton kernels on CUDA (the
+#: Python kernel runs instead, as where Triton cannot run, without a warning).
+TRITON_ENV = 'MMSAPE_SAPE2_TRITON'
 #: The kernels of :func:`sape2_block_attention`: the compiled CPU kernel, the
 #: fused Triton kernels, the Python kernel.
 KERNELS = ('cpu', 'triton', 'python')
@@ -394,13 +398,14 @@ def compiled_kernel_for(device: torch.device, dtype: torch.dtype) -> Optional[st
     GPU where they run (Triton installed, compute capability >= 8.0); where
     they cannot, one warning says why, and the Python kernel (and, in
     :class:`~mmsape.models.SaPE2`, the other PyTorch paths) take over.
+    ``MMSAPE_SAPE2_TRITON=0`` (:data:`TRITON_ENV`) skips the Triton kernels.
 
     ``torch.compile`` calls this once per traced graph and keeps the answer
     (setting ``MMSAPE_SAPE2_CPU_KERNEL`` later does not retrace).
     """
     if device.type == 'cpu':
         return 'cpu' if uses_cpu_kernel(device, dtype) else None
-    if device.type != 'cuda' or dtype != torch.float32:
+    if device.type != 'cuda' or dtype != torch.float32 or os.environ.get(TRITON_ENV) == '0':
         return None
     reason = triton_unavailable_reason(device)
     if reason is None:
@@ -474,6 +479,6 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
         q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
 
 
-__all__ = ['BLOCK_ELEMENTS', 'KERNELS', 'checkpointed_block_attention', 'compiled_kernel_for',
-           'sape2_attention_python_backward', 'sape2_attention_python_forward',
+__all__ = ['BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
+           'compiled_kernel_for', 'sape2_attention_python_backward', 'sape2_attention_python_forward',
            'sape2_block_attention', 'uses_compiled_kernel']
