@@ -46,7 +46,7 @@ __all__ = [
     'sape_vectors', 'squared_distance_factors', 'pairwise_squared_l2', 'rounding_floor',
     'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk', 'BLOCK_ELEMENTS',
     'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention', 'compiled_kernel_for',
-    'sape2_attention_python_forward', 'sape2_attention_python_backward', 'sape2_block_attention', 'uses_compiled_kernel',
-    'CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu_forward',
-    'sape2_attention_cpu_backward', 'uses_cpu_kernel'
+    'sape2_attention_python_forward', 'sape2_attention_python_backward',
+    'sape2_block_attention', 'uses_compiled_kernel', 'CPU_KERNEL_ENV', 'load_cpu_kernel',
+    'sape2_attention_cpu_forward', 'sape2_attention_cpu_backward', 'uses_cpu_kernel'
 ]

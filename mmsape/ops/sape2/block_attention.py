@@ -479,6 +479,8 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
         q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
 
 
-__all__ = ['BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
-           'compiled_kernel_for', 'sape2_attention_python_backward', 'sape2_attention_python_forward',
-           'sape2_block_attention', 'uses_compiled_kernel']
+__all__ = [
+    'BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
+    'compiled_kernel_for', 'sape2_attention_python_backward', 'sape2_attention_python_forward',
+    'sape2_block_attention', 'uses_compiled_kernel'
+]
