@@ -136,7 +136,8 @@ def make_case(method: str, tokens: int,
         module = RoPE2D(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1,
                         mode='mixed').to(device)
     elif method == 'peg':
-        module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device)
+        # In the tokens' dtype: a convolution takes no mixed dtypes.
+        module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device, dtype)
         # PEG works on the block's (B, N, C) tokens, not inside attention.
         tokens_in = torch.randn(1, grid.num_tokens, EMBED_DIMS, device=device,
                                 dtype=dtype).requires_grad_()

@@ -40,7 +40,9 @@ needs_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None, reason=str(TRI
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+    """``|actual - expected| / |expected|`` (Frobenius norms; 0 where both are 0)."""
+    difference = (actual.float() - expected.float()).norm()
+    return (difference / expected.float().norm().clamp_min(1e-30)).item()
 
 
 def output_and_gradients(model, images, amp: bool):
