@@ -161,7 +161,7 @@ __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_
            'ratio_cells', 'MMAP_THRESHOLD_BYTES', 'measure_memory', 'measure_latency',
            'ratio_row', 'ratio_table', 'check_tokens_and_reference',
            'measure_latency_and_memory', 'interleaved_latency', 'measure_all',
-           'print_memory_for_parent', 'SKIPPED']
+           'print_memory_for_parent', 'SKIPPED', 'add_json_option', 'write_json']
 
 
 def ratio_row(row: dict, reference: dict) -> List[str]:
@@ -199,6 +199,22 @@ def ratio_table(results: Dict[int, dict], cases: Sequence[str], labels: Dict[str
             lines.append(f'| {tokens} ({side}x{side}) | {labels[case]} | ' + ' | '.join(cells)
                          + ' |')
     return '\n'.join(lines)
+
+
+def add_json_option(parser) -> None:
+    """``--json PATH``: the benchmarks also write their results for other programs
+    (``benchmarks/gpu_check.sh`` computes the targets' ratios from them)."""
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the results there: {tokens: {case: {fwd_ms, '
+                        'fwdbwd_ms, fwd_mib, fwdbwd_mib}}}')
+
+
+def write_json(path: Optional[str], results: Dict[int, dict]) -> None:
+    """Write ``results`` to ``path`` (nothing when ``path`` is None)."""
+    if path is not None:
+        with open(path, 'w') as file:
+            json.dump({str(tokens): per_case for tokens, per_case in results.items()}, file,
+                      indent=1)
 
 
 #: Row of a case that ``skip`` left out.

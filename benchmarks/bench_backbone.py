@@ -49,9 +49,11 @@ if REPO_ROOT not in sys.path:
 
 from benchmarks._measure import (  # noqa: E402
     SKIPPED,
+    add_json_option,
     measure_latency_and_memory,
     print_memory_for_parent,
     ratio_row,
+    write_json,
 )
 from mmsape.models import PosEncViT  # noqa: E402
 
@@ -115,6 +117,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--dense-max-tokens', type=int, default=1024,
                         help="largest token count at which 'sape2_dense' is run")
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args(argv)
     for tokens in args.tokens:
         if math.isqrt(tokens)**2 != tokens:
@@ -198,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           f'torch.compile(backend={args.compile_backend!r}); latency: median of '
           f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')
     print(format_table(results, args.encodings))
+    write_json(args.json, results)
 
 
 if __name__ == '__main__':

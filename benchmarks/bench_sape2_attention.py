@@ -48,10 +48,12 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
+    add_json_option,
     check_tokens_and_reference,
     measure_latency_and_memory,
     print_memory_for_parent,
     ratio_table,
+    write_json,
 )
 
 METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused', 'rope',
@@ -91,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--num-prefix', type=int, default=1, help='class / register tokens')
     parser.add_argument('--chunk-size', type=int, default=256)
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args(argv)
     check_tokens_and_reference(parser, args, 'sdpa')
     return args
@@ -185,6 +188,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           f'{args.repeats} rounds over the methods; peak memory: {memory_note}; '
           f'torch {torch.__version__}.\n')
     print(format_table(results, args.methods))
+    write_json(args.json, results)
 
 
 if __name__ == '__main__':

@@ -44,9 +44,11 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
+    add_json_option,
     check_tokens_and_reference,
     measure_latency_and_memory,
     ratio_table,
+    write_json,
 )
 
 METHODS = ('sdpa', 'triton', 'block', 'dense')
@@ -76,6 +78,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda', help='a CUDA device')
     parser.add_argument('--block-size', type=int, default=256,
                         help="the block kernel's query block (SaPE2's chunk_size)")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     check_tokens_and_reference(parser, args, 'sdpa')
     return args
@@ -177,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           f'{torch.cuda.get_device_name(args.device)}; latency: median of {args.repeats} '
           f'rounds over the methods; peak memory: {memory_note}; torch {torch.__version__}.\n')
     print(ratio_table(results, args.methods, METHOD_LABELS, 'sdpa', 'SDPA flash'))
+    write_json(args.json, results)
 
 
 if __name__ == '__main__':

@@ -75,7 +75,8 @@ if [[ -n "$CUDA_ARCHS" && "${MMSAPE_MMCV_CUDA:-1}" != 0 ]]; then
   [[ -x "$NVCC" ]] || fail "this machine has a CUDA GPU (compute capability $CUDA_ARCHS) but no nvcc (not on PATH, not in \$CUDA_HOME/bin): mmcv's CUDA ops, which mmdet's RoIAlign and NMS need on the GPU, are compiled with it. Install the CUDA toolkit $TORCH_CUDA (the version torch is built with; e.g. NVIDIA's cuda-toolkit-${TORCH_CUDA/./-} package), put its bin/ on PATH or set CUDA_HOME, and re-run. Or set MMSAPE_MMCV_CUDA=0 to build mmcv without CUDA ops (classification and segmentation still train on the GPU; detection does not)."
   NVCC_CUDA="$("$NVCC" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
   [[ "${NVCC_CUDA%%.*}" == "${TORCH_CUDA%%.*}" ]] || fail "nvcc ($NVCC) is CUDA $NVCC_CUDA, but torch is built with CUDA $TORCH_CUDA: PyTorch's extension builder refuses another major version. Install the CUDA toolkit $TORCH_CUDA and put it first on PATH (or set CUDA_HOME), then re-run."
-  export CUDA_HOME="$(dirname "$(dirname "$NVCC")")"
+  CUDA_HOME="$(dirname "$(dirname "$NVCC")")"
+  export CUDA_HOME
   MMCV_CUDA=1
 fi
 MMCV_CHECKS=(mmcv.ops)
