@@ -26,6 +26,7 @@ import time
 from typing import List, Optional
 
 import torch
+from mmengine.config import DictAction
 
 # Runnable from a checkout without installing mmsape.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +44,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true', help='AmpOptimWrapper (CUDA)')
     parser.add_argument('--device', default='cuda')
     parser.add_argument('--json', metavar='PATH', help='also write the results there')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override entries of every config, e.g. '
+                        'model.data_preprocessor.size="(64,64)"')
     return parser.parse_args(argv)
 
 
@@ -77,7 +81,7 @@ def time_train_step(path: str, args: argparse.Namespace) -> dict:
 
     from mmsape.utils import load_config
 
-    cfg = load_config(path)
+    cfg = load_config(path, args.cfg_options)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

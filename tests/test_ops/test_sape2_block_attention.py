@@ -21,6 +21,8 @@ from mmsape.ops.sape2 import (
     squared_distance_factors,
 )
 
+from builders import kernel_factors
+
 HEADS = 2
 HEAD_DIMS = 8
 
@@ -84,12 +86,7 @@ def dense_reference(q, k, v, query_factors, key_factors, root, sign):
 
 
 def run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size):
-    if root:
-        floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
-    else:
-        query_factors = [torch.cat(query_factors, -1)]
-        key_factors = [torch.cat(key_factors, -1)]
-        floors = None
+    query_factors, key_factors, floors = kernel_factors(query_factors, key_factors, root)
     return sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=root,
                                  sign=sign, block_size=block_size, symmetric=True)
 

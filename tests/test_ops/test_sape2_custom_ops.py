@@ -14,13 +14,14 @@ from mmsape.models.pos_encodings.base import TokenGrid
 from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
     load_cpu_kernel,
-    rounding_floor,
     sape2_attention_cpu_backward,
     sape2_attention_cpu_forward,
     sape2_attention_python_backward,
     sape2_attention_python_forward,
     squared_distance_factors,
 )
+
+from builders import kernel_factors
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -50,13 +51,8 @@ def operator_args(root: bool, dtype=torch.float32, requires_grad=True, batch=2):
     factors = [squared_distance_factors(
         torch.randn(batch, HEADS, GRID.num_patches, length, generator=generator, dtype=dtype),
         GRID.num_prefix) for length in (GRID.width, GRID.height)]
-    query_factors, key_factors = [f[0] for f in factors], [f[1] for f in factors]
-    if root:
-        floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
-    else:
-        query_factors = [torch.cat(query_factors, -1)]
-        key_factors = [torch.cat(key_factors, -1)]
-        floors = None
+    query_factors, key_factors, floors = kernel_factors(
+        [f[0] for f in factors], [f[1] for f in factors], root)
     tensors = [t.detach().requires_grad_(requires_grad) for t in (q, k, v)]
     query_factors = [f.detach().requires_grad_(requires_grad) for f in query_factors]
     key_factors = [f.detach().requires_grad_(requires_grad) for f in key_factors]
