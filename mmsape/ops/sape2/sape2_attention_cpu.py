@@ -1,17 +1,26 @@
-"""The compiled CPU kernel of exact SaPE² attention (``csrc/sape2_attention_cpu.cpp``).
+"""The compiled CPU kernels of exact SaPE² attention (``csrc/``).
 
-For float32 CPU tensors: square tiles, one BLAS call per product and tile, the
-element-wise work (roots, online softmax, softmax backward, chain rule into the
-factors) fused into one vectorised pass per tile while it is in cache, and the
-distances of each pair of tiles computed once for both orientations (they are
-symmetric; the most expensive part of the bias). It is built with the PyTorch
-C++ extension tool the first time it is needed (about 40 s; cached in
-``TORCH_EXTENSIONS_DIR``). Set ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it
-cannot be built, a warning says why and the Python kernel of
-:mod:`.block_attention` runs instead, with the same results.
+For float32 CPU tensors, two kernels in one extension, both with square tiles,
+one BLAS call per product and tile and the element-wise work (online softmax,
+softmax backward, the bias and its chain rule) fused into one vectorised pass
+per tile while it is in cache:
 
-Use it through :func:`~.block_attention.sape2_block_attention`, which picks
-the kernel for the inputs' device and dtype.
+* the distance bias (``csrc/sape2_attention_cpu.cpp``): the distances of each
+  pair of tiles computed once for both orientations (they are symmetric; the
+  most expensive part of the bias); :class:`SaPE2CPUAttentionFunction`;
+* the lookup bias of query-relative SaPE² (``csrc/sape2_lookup_attention_cpu.cpp``):
+  ``s^x_i[x_n] + s^y_i[y_n]`` added to each logits tile by grid-row segments of
+  the keys; :class:`SaPE2LookupCPUAttentionFunction`.
+
+The extension is built with the PyTorch C++ extension tool the first time it
+is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``). Set
+``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning says
+why and the Python kernel of :mod:`.block_attention` runs instead, with the
+same results.
+
+Use them through :func:`~.block_attention.sape2_block_attention` and
+:func:`~.lookup_attention.lookup_block_attention`, which pick the kernel for
+the inputs' device and dtype.
 """
 import logging
 import os
@@ -27,8 +36,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
-_CPU_KERNEL_SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc',
-                              'sape2_attention_cpu.cpp')
+_CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
+_CPU_KERNEL_SOURCES = [osp.join(_CSRC, name) for name in (
+    'pybind.cpp', 'sape2_attention_cpu.cpp', 'sape2_lookup_attention_cpu.cpp')]
 # The loaded extension, False once loading failed, None before the first try.
 _cpu_kernel = None
 
@@ -58,7 +68,8 @@ def load_cpu_kernel():
             load = _import_extension_loader()
             _cpu_kernel = load(
                 name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
-                sources=[_CPU_KERNEL_SOURCE],
+                sources=_CPU_KERNEL_SOURCES,
+                extra_include_paths=[_CSRC],
                 extra_cflags=['-O3'] + _CAPABILITY_FLAGS.get(capability, []),
                 verbose=False)
         except Exception as error:  # a missing compiler raises several kinds
@@ -133,10 +144,47 @@ class SaPE2CPUAttentionFunction(torch.autograd.Function):
         return (*grads[:3], None, None, None, *grads[3:])
 
 
+class SaPE2LookupCPUAttentionFunction(torch.autograd.Function):
+    """Query-relative SaPE² attention with the lookup bias through the compiled
+    CPU kernel; O(N) memory.
+
+    ``softmax(q k^T / sqrt(d) + bias) v`` with ``bias_in = s^x_i[x_n] + s^y_i[y_n]``
+    between patch tokens (0 in the rows and columns of the ``num_prefix``
+    prefix tokens). Use through
+    :func:`~.lookup_attention.lookup_block_attention`. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
+                y_vectors: Tensor, height: int, width: int, num_prefix: int) -> Tensor:
+        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
+        q3, k3, v3 = (t.reshape(-1, num_tokens, t.shape[-1]) for t in (q, k, v))
+        x3, y3 = (t.reshape(-1, height * width, t.shape[-1]) for t in (x_vectors, y_vectors))
+        scale = q.shape[-1]**-0.5
+        out, lse = load_cpu_kernel().lookup_forward(q3, k3, v3, x3, y3, height, width,
+                                                    num_prefix, scale)
+        ctx.save_for_backward(q3, k3, v3, out, lse, x3, y3)
+        ctx.grid, ctx.scale = (height, width, num_prefix), scale
+        ctx.shapes = (q.shape, k.shape, v.shape, x_vectors.shape, y_vectors.shape)
+        return out.view(*batch_shape, num_tokens, v.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        q3, k3, v3, out, lse, x3, y3 = ctx.saved_tensors
+        grad_out = grad_out.reshape(out.shape).contiguous()
+        grads = load_cpu_kernel().lookup_backward(grad_out, q3, k3, v3, out, lse, x3, y3,
+                                                  *ctx.grid, ctx.scale)
+        grads = [g.view(shape) if need else None
+                 for g, shape, need in zip(grads, ctx.shapes, ctx.needs_input_grad)]
+        return (*grads, None, None, None)
+
+
 def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`~.block_attention.sape2_block_attention` runs (symmetric)
     inputs of this device and dtype through the compiled CPU kernel."""
     return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
 
 
-__all__ = ['CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'uses_cpu_kernel']
+__all__ = ['CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'SaPE2LookupCPUAttentionFunction',
+           'load_cpu_kernel', 'uses_cpu_kernel']
