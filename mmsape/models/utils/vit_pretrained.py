@@ -1,5 +1,8 @@
 """Load timm / DeiT / mmpretrain / mmseg ViT weights into :class:`PosEncViT`.
 
+Checkpoints of the SaPE² authors' code load too: their SaPE² tables are
+converted by :mod:`.sape2_pretrained`.
+
 Users bring checkpoints from everywhere; each names the same tensors
 differently. This module maps them onto mmsape's (timm-like) names, hands the
 learned position table to the APE module (whose load hook resamples it to the
@@ -14,6 +17,8 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmsape.utils.checkpoint import format_state_dict_report, load_checkpoint_safely
+
+from .sape2_pretrained import convert_authors_sape2_state, is_authors_sape2_state
 
 #: (pattern, replacement) applied in order to every key, after prefix removal.
 #: timm and DeiT keys already match mmsape's names.
@@ -94,7 +99,11 @@ def load_vit_pretrained(model: nn.Module, checkpoint: str,
         dict: ``missing``, ``unexpected`` and ``resized`` keys, as reported.
     """
     state = unwrap_state_dict(load_checkpoint_safely(checkpoint), prefix)
+    authors_unused = []
+    if is_authors_sape2_state(state):
+        state, authors_unused = convert_authors_sape2_state(state, model)
     converted, ignored = convert_vit_keys(state, find_ape_key(model))
+    ignored += authors_unused
     own = model.state_dict()
     ape_key = find_ape_key(model)
     loadable, resized, mismatched = {}, [], []

@@ -1,0 +1,173 @@
+"""The design sweep of query-relative SaPE² (issue 12) on the study's digits task.
+
+Trains the study's small ViT (``tools/analysis/pe_study.py``: PosEncViT, 64
+dims, 4 blocks, patch 4) with candidate SaPE² settings and reference encodings
+under two protocols, and prints one markdown table:
+
+* **centred**: the study's protocol, digits centred on a 24x24 canvas, 6
+  epochs; measured at 24x24, on the digits moved by one patch (4, 4), and with
+  the canvas padded to 48x48 (same pixels, larger grid);
+* **translated**: every training digit at a random place of a 32x32 canvas
+  (drawn anew each epoch), 10 epochs; measured on test digits at random places
+  of a 32x32 canvas (fixed draw), and with that canvas padded to 64x64.
+
+One CPU thread per run; the numbers are means over ``--seeds`` with the spread
+(min..max)::
+
+    OMP_NUM_THREADS=1 python tools/analysis/sape2_design_sweep.py --seeds 0 1
+"""
+import argparse
+import json
+import math
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from pe_study import (  # noqa: E402
+    CANVAS,
+    DIGIT_SIZE,
+    PATCH,
+    DigitsViT,
+    accuracy,
+    digits_canvases,
+    pad_canvas,
+    translate,
+)
+
+QUERY = dict(type='SaPE2', count_from='query')
+#: name -> pos_encoding config. The first rows are references.
+CANDIDATES: Dict[str, object] = {
+    'none': dict(type='NoPositionEncoding'),
+    'PEG': dict(type='PEG'),
+    'SaPE2 published': dict(type='SaPE2'),
+    'query distance': dict(QUERY, bias='distance'),
+    'query lookup': dict(QUERY, bias='lookup'),
+    'query lookup, std 0.2': dict(QUERY, bias='lookup', table_std=0.2),
+    'query lookup, head scalars': dict(QUERY, bias='lookup', table_values='head_scalars'),
+    'query lookup, gate T=4': dict(QUERY, bias='lookup', gate_temperature=4.),
+    'query lookup + PEG': [dict(QUERY, bias='lookup'), dict(type='PEG')],
+}
+PROTOCOLS = {'centred': dict(canvas=CANVAS, epochs=6),
+             'translated': dict(canvas=32, epochs=10)}
+
+
+def digit_crops(canvases: Tensor) -> Tensor:
+    """The ``DIGIT_SIZE`` square digits out of the study's centred canvases."""
+    margin = (CANVAS - DIGIT_SIZE) // 2
+    return canvases[..., margin:margin + DIGIT_SIZE, margin:margin + DIGIT_SIZE]
+
+
+def place_at_random(digits: Tensor, canvas: int, generator: torch.Generator) -> Tensor:
+    """Each digit at a uniformly random place of a background (-1) canvas."""
+    out = torch.full((len(digits), 1, canvas, canvas), -1.)
+    offsets = torch.randint(0, canvas - DIGIT_SIZE + 1, (len(digits), 2), generator=generator)
+    for image, digit, (dy, dx) in zip(out, digits, offsets.tolist()):
+        image[:, dy:dy + DIGIT_SIZE, dx:dx + DIGIT_SIZE] = digit
+    return out
+
+
+def train(pos_encoding, protocol: str, seed: int, data) -> Tuple[nn.Module, float]:
+    """The study's recipe (AdamW 2e-3, cosine with one warm-up epoch, label
+    smoothing 0.1, clip 1.0, batch 32); the translated protocol redraws the
+    digits' places every epoch."""
+    x_train, y_train = data[:2]
+    canvas, epochs = PROTOCOLS[protocol]['canvas'], PROTOCOLS[protocol]['epochs']
+    torch.manual_seed(seed)
+    model = DigitsViT(pos_encoding, {})
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'pos_encoding' not in n]
+    no_decay = [p for n, p in model.named_parameters()
+                if not (p.ndim > 1 and 'pos_encoding' not in n)]
+    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),
+                                   dict(params=no_decay, weight_decay=0.)], lr=2e-3)
+    batch = 32
+    steps_per_epoch = math.ceil(len(y_train) / batch)
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else
+        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    model.train()
+    for _ in range(epochs):
+        images = (place_at_random(digit_crops(x_train), canvas, generator)
+                  if protocol == 'translated' else x_train)
+        order = torch.randperm(len(y_train), generator=generator)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            loss = F.cross_entropy(model(images[idx]), y_train[idx], label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+    return model.eval(), time.time() - start
+
+
+def evaluate(model: nn.Module, protocol: str, data) -> Dict[str, float]:
+    x_test, y_test = data[2:]
+    if protocol == 'centred':
+        return {'acc': accuracy(model, x_test, y_test),
+                'shift 1 patch': accuracy(model, translate(x_test, PATCH, PATCH), y_test),
+                'pad 48': accuracy(model, pad_canvas(x_test, (48, 48)), y_test)}
+    placed = place_at_random(digit_crops(x_test), 32, torch.Generator().manual_seed(1234))
+    return {'acc': accuracy(model, placed, y_test),
+            'pad 64': accuracy(model, pad_canvas(placed, (64, 64)), y_test)}
+
+
+def summary(values: Sequence[float]) -> str:
+    mean = sum(values) / len(values)
+    return f'{mean:.1f} ({min(values):.1f}..{max(values):.1f})'
+
+
+def table(results: List[dict]) -> str:
+    columns = [('centred', 'acc'), ('centred', 'shift 1 patch'), ('centred', 'pad 48'),
+               ('translated', 'acc'), ('translated', 'pad 64')]
+    lines = ['| encoding | ' + ' | '.join(f'{p} {m}' for p, m in columns) + ' | s/run |',
+             '|---|' + '---:|' * (len(columns) + 1)]
+    for name in dict.fromkeys(r['name'] for r in results):
+        cells = []
+        for protocol, metric in columns:
+            values = [r['metrics'][metric] for r in results
+                      if r['name'] == name and r['protocol'] == protocol]
+            cells.append(summary(values) if values else 'n/a')
+        seconds = [r['train_s'] for r in results if r['name'] == name]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {sum(seconds) / len(seconds):.0f} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    parser.add_argument('--candidates', nargs='+', choices=list(CANDIDATES),
+                        default=list(CANDIDATES))
+    parser.add_argument('--protocols', nargs='+', choices=list(PROTOCOLS),
+                        default=list(PROTOCOLS))
+    parser.add_argument('--json', help='also write the per-run results here')
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data = digits_canvases()
+    results = []
+    for protocol in args.protocols:
+        for seed in args.seeds:
+            for name in args.candidates:
+                model, train_s = train(CANDIDATES[name], protocol, seed, data)
+                metrics = evaluate(model, protocol, data)
+                results.append(dict(name=name, protocol=protocol, seed=seed, train_s=train_s,
+                                    metrics=metrics))
+                print(f'[{protocol}] {name} seed {seed}: '
+                      + ', '.join(f'{k} {v:.1f}' for k, v in metrics.items())
+                      + f' ({train_s:.0f}s)', flush=True)
+                if args.json:
+                    with open(args.json, 'w') as file:
+                        json.dump(results, file, indent=1)
+    print(table(results))
+
+
+if __name__ == '__main__':
+    main()
