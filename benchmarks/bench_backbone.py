@@ -66,13 +66,24 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
+    'query_distance': ("query-relative SaPE², distance, impl='auto'",
+                       dict(type='SaPE2', count_from='query')),
+    'lookup': ("query-relative SaPE², lookup, impl='auto'",
+               dict(type='SaPE2', count_from='query', bias='lookup')),
+    'lookup_fused': ("query-relative SaPE², lookup, impl='fused' (SDPA)",
+                     dict(type='SaPE2', count_from='query', bias='lookup', impl='fused')),
+    'lookup_peg': ("query-relative SaPE², lookup, + PEG",
+                   [dict(type='SaPE2', count_from='query', bias='lookup'), dict(type='PEG')]),
+    'lookup_window': ('query-relative SaPE², lookup, ViTDet windows',
+                      dict(type='SaPE2', count_from='query', bias='lookup')),
 }
 #: ViTDet-style blocks (as in configs/mask_rcnn): 14 x 14 windows, except four
 #: global blocks; no class token, the feature map out.
 WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cls_token=False,
                       out_type='featmap')
 #: name -> extra PosEncViT arguments.
-BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
+BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
+                    'lookup_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
