@@ -361,6 +361,14 @@ def test_every_option_combination_builds_and_runs():
     (dict(num_positions=2.5), 'num_positions'),
     (dict(chunk_size=0), 'chunk_size'),
     (dict(layers=[0, 5]), 'layers'),
+    (dict(count_from='query_end'), 'count_from'),
+    (dict(bias='l2'), 'bias'),
+    (dict(table_values='scalars'), 'table_values'),
+    (dict(impl='flex'), "bias='lookup'"),
+    (dict(bias='lookup', distance='rms'), 'distance'),
+    (dict(bias='lookup', negative_bias=True), 'negative_bias'),
+    (dict(gate_temperature=0), 'gate_temperature'),
+    (dict(table_std=-1.), 'table_std'),
 ], ids=str)
 def test_bad_options_raise_naming_the_option(options, option_name):
     with pytest.raises(ValueError, match=option_name):
@@ -612,10 +620,15 @@ def test_windows_with_padding_match_naive_reference(bias):
     layer_index, q, k, v, grid, out = calls[0]
     assert layer_index == 0 and grid.hw == (4, 4) and grid.pad_mask is not None
     assert grid.pad_mask.any() and not grid.pad_mask.all()
+    assert calls[1][4].hw == (6, 5) and calls[1][4].pad_mask is None  # the global block
     expected = naive_attention(q, k, v, sape.position_tables['0'].detach(), grid,
                                count_from='query', bias=bias, pad_mask=grid.pad_mask)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
-    assert calls[1][4].hw == (6, 5) and calls[1][4].pad_mask is None  # the global block
+    # Every path, forward and backward, on this layer's windows.
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    check_paths_against_naive(sape, q, k, v, grid.replace(pad_mask=None),
+                              dict(count_from='query', bias=bias), QUERY_IMPLS[bias],
+                              grid.pad_mask)
 
 
 def test_uniform_row_gets_offset_dependent_bias_only_when_counting_from_the_query():
@@ -706,21 +719,6 @@ def test_query_relative_option_combinations_build_and_run():
         assert out.shape == v.shape and torch.isfinite(out).all()
         built += 1
     assert built == 2 * 2 * 2 * 4
-
-
-@pytest.mark.parametrize('options,option_name', [
-    (dict(count_from='query_end'), 'count_from'),
-    (dict(bias='l2'), 'bias'),
-    (dict(table_values='scalars'), 'table_values'),
-    (dict(impl='flex'), "bias='lookup'"),
-    (dict(bias='lookup', distance='rms'), 'distance'),
-    (dict(bias='lookup', negative_bias=True), 'negative_bias'),
-    (dict(gate_temperature=0), 'gate_temperature'),
-    (dict(table_std=-1.), 'table_std'),
-], ids=str)
-def test_bad_query_relative_options_raise_naming_the_option(options, option_name):
-    with pytest.raises(ValueError, match=option_name):
-        SaPE2(embed_dims=16, num_heads=2, num_layers=4, **options)
 
 
 def test_auto_impl_for_the_lookup_bias(monkeypatch):

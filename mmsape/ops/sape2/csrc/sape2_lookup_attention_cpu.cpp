@@ -51,6 +51,15 @@ std::vector<Segment> key_segments(int64_t col0, int64_t cols, int64_t prefix, in
   return segments;
 }
 
+// The key segments of every column tile of kTile tokens.
+std::vector<std::vector<Segment>> tile_segments(int64_t tokens, int64_t prefix, int64_t width) {
+  std::vector<std::vector<Segment>> tiles;
+  for (int64_t col0 = 0; col0 < tokens; col0 += kTile) {
+    tiles.push_back(key_segments(col0, std::min(kTile, tokens - col0), prefix, width));
+  }
+  return tiles;
+}
+
 // logits[r, :] += bias of query row0 + r for the keys of `segments`.
 void add_lookup_bias(const float* zx, const float* zy, int64_t height, int64_t width,
                      int64_t prefix, int64_t row0, int64_t rows,
@@ -132,10 +141,7 @@ std::vector<at::Tensor> sape2_lookup_attention_forward(const at::Tensor& q, cons
   at::Tensor out = at::zeros_like(v);
   at::Tensor lse = at::empty({q.size(0), tokens}, q.options());
   const float fscale = static_cast<float>(scale);
-  std::vector<std::vector<Segment>> segments;
-  for (int64_t col0 = 0; col0 < tokens; col0 += kTile) {
-    segments.push_back(key_segments(col0, std::min(kTile, tokens - col0), prefix, width));
-  }
+  const std::vector<std::vector<Segment>> segments = tile_segments(tokens, prefix, width);
 
   at::parallel_for(0, q.size(0), 1, [&](int64_t begin, int64_t end) {
     TileBuffers buffers(1);
@@ -190,10 +196,7 @@ std::vector<at::Tensor> sape2_lookup_attention_backward(
   at::Tensor grad_q = at::zeros_like(q), grad_k = at::zeros_like(k), grad_v = at::zeros_like(v);
   at::Tensor grad_zx = at::zeros_like(zx), grad_zy = at::zeros_like(zy);
   const float fscale = static_cast<float>(scale);
-  std::vector<std::vector<Segment>> segments;
-  for (int64_t col0 = 0; col0 < tokens; col0 += kTile) {
-    segments.push_back(key_segments(col0, std::min(kTile, tokens - col0), prefix, width));
-  }
+  const std::vector<std::vector<Segment>> segments = tile_segments(tokens, prefix, width);
 
   at::parallel_for(0, q.size(0), 1, [&](int64_t begin, int64_t end) {
     TileBuffers buffers(2);
