@@ -76,9 +76,10 @@ def lookup_block_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex_attention() -> Callable:
-    """FlexAttention compiled once per process (its fused kernels need compiling)."""
+    """FlexAttention compiled once per process (its fused kernels need compiling);
+    grids of other sizes recompile it with dynamic shapes."""
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 def flex_lookup_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
