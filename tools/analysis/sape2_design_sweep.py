@@ -14,7 +14,8 @@ under two protocols, and prints one markdown table:
 One CPU thread per run; the numbers are means over ``--seeds`` with the spread
 (min..max)::
 
-    OMP_NUM_THREADS=1 python tools/analysis/sape2_design_sweep.py --seeds 0 1
+    OMP_NUM_THREADS=1 python tools/analysis/sape2_design_sweep.py --seeds 0 1 --json a.json
+    python tools/analysis/sape2_design_sweep.py --table-from a.json b.json
 """
 import argparse
 import json
@@ -52,6 +53,7 @@ CANDIDATES: Dict[str, object] = {
     'query lookup, head scalars': dict(QUERY, bias='lookup', table_values='head_scalars'),
     'query lookup, gate T=4': dict(QUERY, bias='lookup', gate_temperature=4.),
     'query lookup + PEG': [dict(QUERY, bias='lookup'), dict(type='PEG')],
+    'query lookup, std 0.2 + PEG': [dict(QUERY, bias='lookup', table_std=0.2), dict(type='PEG')],
 }
 PROTOCOLS = {'centred': dict(canvas=CANVAS, epochs=6),
              'translated': dict(canvas=32, epochs=10)}
@@ -149,7 +151,17 @@ def main(argv=None) -> None:
     parser.add_argument('--protocols', nargs='+', choices=list(PROTOCOLS),
                         default=list(PROTOCOLS))
     parser.add_argument('--json', help='also write the per-run results here')
+    parser.add_argument('--table-from', nargs='+', metavar='JSON',
+                        help='only print the table of these --json files, combined')
     args = parser.parse_args(argv)
+    if args.table_from:
+        results = []
+        for path in args.table_from:
+            with open(path) as file:
+                results += json.load(file)
+        order = {name: i for i, name in enumerate(CANDIDATES)}
+        print(table(sorted(results, key=lambda r: order.get(r['name'], len(order)))))
+        return
     torch.set_num_threads(1)
     data = digits_canvases()
     results = []

@@ -755,3 +755,17 @@ def test_lookup_dropout_and_half_precision(impl):
     out = sape.attention(0, *half, grid)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_table_init_defaults_by_form():
+    """The authors' std 0.02 for the published form; 0.2 for the lookup bias,
+    chosen by the design sweep (tools/analysis/sape2_design_sweep.py)."""
+    options = dict(embed_dims=64, num_heads=2, num_layers=1, num_positions=64)
+    torch.manual_seed(0)
+    published = SaPE2(**options).position_tables['0']
+    lookup = SaPE2(count_from='query', bias='lookup', **options).position_tables['0']
+    chosen = SaPE2(count_from='query', bias='lookup', table_std=0.05, **options)
+    assert abs(published.std().item() - 0.02) < 0.002
+    assert abs(lookup.std().item() - 0.2) < 0.02
+    assert abs(chosen.position_tables['0'].std().item() - 0.05) < 0.005
+    assert SaPE2(table_std=0., **options).position_tables['0'].abs().max() == 0
