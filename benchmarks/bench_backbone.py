@@ -1,6 +1,6 @@
 """Latency and peak memory of a whole ViT-S backbone with each position encoding.
 
-Builds ``PosEncViT(arch='small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
+Builds ``PosEncViT(arch='deit-small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
 one class token, ``out_type='cls_token'``) for square images of ``--tokens``
 patch tokens (196 -> 224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px;
 ``img_size`` is the measured size, so learned APE is never interpolated), batch
@@ -64,8 +64,12 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'peg': ('PEG (CPVT, after block 0)', dict(type='PEG')),
     'rope_mixed': ('2D RoPE mixed', dict(type='RoPE2D', mode='mixed')),
     'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
+    'rope_normalized': ('2D RoPE, DINOv3 normalised coords (rescale 2)',
+                        dict(type='RoPE2D', normalize_coords='separate', rescale_coords=2.)),
+    'lookhere': ('LookHere LH-180', dict(type='LookHere')),
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
+    'lookhere_window': ('LookHere LH-180, ViTDet windows', dict(type='LookHere')),
     'query_distance': ("query-relative SaPE², distance, impl='auto'",
                        dict(type='SaPE2', count_from='query')),
     'lookup': ("query-relative SaPE², lookup, impl='auto'",
@@ -83,7 +87,7 @@ WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cl
                       out_type='featmap')
 #: name -> extra PosEncViT arguments.
 BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
-                    'lookup_window': WINDOW_OPTIONS}
+                    'lookhere_window': WINDOW_OPTIONS, 'lookup_window': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
@@ -117,7 +121,7 @@ def make_case(encoding: str, tokens: int,
 
     image_size = math.isqrt(tokens) * PATCH_SIZE
     device = torch.device(args.device)
-    model = PosEncViT(arch='small', img_size=image_size, patch_size=PATCH_SIZE,
+    model = PosEncViT(arch='deit-small', img_size=image_size, patch_size=PATCH_SIZE,
                       pos_encoding=ENCODINGS[encoding][1],
                       **BACKBONE_OPTIONS.get(encoding, {})).to(device)
     images = torch.randn(1, 3, image_size, image_size, device=device)

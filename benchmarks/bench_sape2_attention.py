@@ -56,10 +56,10 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
-    SKIPPED,
+    check_tokens_and_reference,
     measure_latency_and_memory,
     print_memory_for_parent,
-    ratio_row,
+    ratio_table,
 )
 
 METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused',
@@ -113,11 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--chunk-size', type=int, default=256)
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for tokens in args.tokens:
-        if math.isqrt(tokens)**2 != tokens:
-            parser.error(f'--tokens {tokens} is not a perfect square')
-    if 'sdpa' not in args.methods:
-        args.methods = ['sdpa'] + args.methods
+    check_tokens_and_reference(parser, args, 'sdpa')
     return args
 
 
@@ -194,21 +190,8 @@ def skipped(method: str, tokens: int, args: argparse.Namespace) -> bool:
 
 
 def format_table(results: Results, methods: List[str]) -> str:
-    lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
-             'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-    for tokens, per_method in results.items():
-        side = math.isqrt(tokens)
-        plain = per_method.get('sdpa', {})
-        for method in methods:
-            row = per_method.get(method, {})
-            if SKIPPED in row:
-                columns = ['skipped (CUDA only)', ''] + [''] * 6
-            else:
-                columns = ratio_row(row, plain)
-            lines.append(f'| {tokens} ({side}x{side}) | {METHOD_LABELS[method]} | '
-                         + ' | '.join(columns) + ' |')
-    return '\n'.join(lines)
+    return ratio_table(results, methods, METHOD_LABELS, 'sdpa', 'SDPA',
+                       skip_reason='CUDA only')
 
 
 def main(argv: Optional[List[str]] = None) -> None:

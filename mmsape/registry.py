@@ -4,29 +4,29 @@ Because they are children of the roots, mmdet / mmseg / mmpretrain configs can
 name ``type='mmsape.PosEncViT'`` (MMEngine imports ``mmsape.registry`` on the
 first ``mmsape.`` lookup and ``locations`` imports the modules that register
 into it), while mmsape's own configs use plain names under
-``default_scope='mmsape'``.
+``default_scope='mmsape'``. :func:`mmsape.utils.register_all_modules` imports
+every location at once.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
-#: Backbones, necks and other ``nn.Module`` s.
-# mmsape.models.detectors needs mmdet, so it is a location of its own rather
-# than an import of mmsape.models (classification needs no mmdet).
-MODELS = Registry('model', parent=MMENGINE_MODELS,
-                  locations=['mmsape.models', 'mmsape.models.detectors'])
+#: Backbones, necks, detectors and other ``nn.Module`` s.
+MODELS = Registry('model', parent=MMENGINE_MODELS, locations=['mmsape.models'])
 #: Position encodings, built by the backbone from its ``pos_encoding`` config.
 #: A root of its own: third parties register new encodings here (see projects/).
 POS_ENCODINGS = Registry(
     'position encoding', scope='mmsape', locations=['mmsape.models.pos_encodings'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, locations=['mmsape.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, locations=['mmsape.datasets'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, locations=['mmsape.evaluation'])
+#: Data transforms that check what they load (``mmsape.datasets.transforms``).
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS,
+                      locations=['mmsape.datasets.transforms'])
+#: Hooks, among them the atomic checkpoint hook. Importing ``mmsape.engine`` also
+#: registers its safe checkpoint loaders and atomic file backend with MMEngine.
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmsape.engine'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor',

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+from builders import TINY_ARCH
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def test_scoped_type_found_from_other_toolboxes(toolbox):
         f'from {toolbox}.registry import MODELS\n'
         f'from {toolbox}.utils import register_all_modules\n'
         'register_all_modules()\n'
-        f"m = MODELS.build(dict(type='mmsape.PosEncViT', arch={TINY!r}, img_size=32,\n"
+        f"m = MODELS.build(dict(type='mmsape.PosEncViT', arch={TINY_ARCH!r}, img_size=32,\n"
         "                  patch_size=8, pos_encoding=dict(type='SaPE2')))\n"
         "print(type(m).__module__, type(m.pos_encoding).__name__)\n")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_plain_names_in_mmsape_scope():
     from mmsape.registry import MODELS
     from mmsape.utils import register_all_modules
     register_all_modules()
-    model = MODELS.build(dict(type='PosEncViT', arch=TINY, img_size=32, patch_size=8,
+    model = MODELS.build(dict(type='PosEncViT', arch=TINY_ARCH, img_size=32, patch_size=8,
                               pos_encoding=dict(type='PEG')))
     assert type(model.pos_encoding).__name__ == 'PEG'
 
@@ -77,3 +77,36 @@ def test_options_of_another_encoding_are_named():
                                         r'num_positions.*remove them'):
         build_pos_encoding(dict(type='LearnedAPE', num_positions=10), embed_dims=32,
                            num_heads=4, num_layers=2)
+
+
+def test_register_all_modules_goes_through_the_registry_locations():
+    """mmsape.utils imports no upper layer; register_all_modules fills every
+    registry through its ``locations``."""
+    result = run_fresh(
+        'import sys\n'
+        'import mmsape.utils\n'
+        "upper = ('mmsape.models', 'mmsape.engine', 'mmsape.datasets')\n"
+        'print(sorted(name for name in upper if name in sys.modules))\n'
+        'mmsape.utils.register_all_modules()\n'
+        'from mmsape.registry import HOOKS, MODELS, POS_ENCODINGS, TRANSFORMS\n'
+        "expected = [(MODELS, 'PosEncViT'), (MODELS, 'PaddingAwareMaskRCNN'),\n"
+        "            (MODELS, 'SimpleFPN'), (POS_ENCODINGS, 'SaPE2'),\n"
+        "            (HOOKS, 'AtomicCheckpointHook'), (TRANSFORMS, 'CheckSegLabelRange')]\n"
+        # module_dict, not get(): get() would import the locations itself.
+        'print([name for registry, name in expected if name not in registry.module_dict])\n')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split('\n')[:2] == ['[]', '[]']
+
+
+def test_registry_locations_exist():
+    import importlib.util
+
+    from mmengine.registry import Registry
+
+    import mmsape.registry
+    registries = [r for r in vars(mmsape.registry).values()
+                  if isinstance(r, Registry) and r.scope == 'mmsape']
+    assert len(registries) >= 6
+    for registry in registries:
+        for location in registry._locations:
+            assert importlib.util.find_spec(location) is not None, (registry.name, location)

@@ -17,18 +17,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
+
+from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mmsape.datasets import ensure_demo_data  # noqa: E402
+from mmsape.testing.demo_data import ensure_demo_data  # noqa: E402
 
 TASKS = {
-    'seg': dict(config='configs/demo/seg_vit-t8-sape2_upernet_demo.py',
-                metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation'),
-    'det': dict(config='configs/demo/det_vit-s16-sape2_mask-rcnn_demo.py',
-                metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP',
-                         'coco/segm_mAP_50'],
-                title='COCO-format instance segmentation'),
+    'seg': dict(
+        config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
+        metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation'),
+    'det': dict(
+        config='configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+        title='COCO-format instance segmentation'),
 }
 
 
@@ -41,6 +45,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--pos-encoding', default=None,
                         help='swap the position encoding, e.g. PEG or LearnedAPE')
     return parser.parse_args()
+
+
+def schedule_end_options(config: str, iters: int) -> List[str]:
+    """--cfg-options that end the config's schedule with a run of ``iters``
+    iterations: the schedulers that end with its training, found by that
+    ``end`` rather than by their position in the list."""
+    cfg = Config.fromfile(str(ROOT / config))
+    return [f'param_scheduler.{index}.end={iters}'
+            for index, scheduler in enumerate(cfg.param_scheduler)
+            if scheduler.get('end') == cfg.train_cfg.max_iters]
 
 
 def run(command: list) -> None:
@@ -61,7 +75,7 @@ def main() -> None:
         spec = TASKS[task]
         work_dir = Path(args.work_dir) / task
         options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-                   f'param_scheduler.1.end={args.iters}']
+                   *schedule_end_options(spec['config'], args.iters)]
         if args.pos_encoding:
             options.append(f'model.backbone.pos_encoding.type={args.pos_encoding}')
         run([sys.executable, 'tools/train.py', spec['config'], '--work-dir', str(work_dir),

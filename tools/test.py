@@ -16,7 +16,7 @@ from mmengine.dist import get_rank
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mmsape.apis import build_runner, load_config  # noqa: E402
+from mmsape.utils import build_runner, load_config  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

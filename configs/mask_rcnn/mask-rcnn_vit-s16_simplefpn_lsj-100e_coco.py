@@ -1,13 +1,17 @@
-# ViTDet-style Mask R-CNN with a ViT-S/16 backbone: window attention (14) with
-# global blocks 2, 5, 8, 11, SimpleFPN, 2-conv RPN, 4conv1fc box head with
-# LayerNorm, large-scale jitter at 1024, AdamW with layer-wise lr decay 0.7.
+# ViTDet-style Mask R-CNN with a ViT-S/16 backbone (window attention (14) with
+# global blocks 2, 5, 8, 11: configs/_base_/models/vit-s16_vitdet.py),
+# SimpleFPN with LayerNorm, 2-conv RPN, 4conv1fc box head with LayerNorm,
+# large-scale jitter at 1024, AdamW with layer-wise lr decay 0.7.
 # The mask-rcnn_vit-s16-<encoding>_* files change only the position encoding.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::common/lsj-100e_coco-instance.py',
+    '../_base_/models/vit-s16_vitdet.py',
 ]
 custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
                       allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
@@ -17,22 +21,7 @@ model = dict(
     data_preprocessor=dict(
         pad_size_divisor=32,
         batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
-    backbone=dict(
-        _delete_=True,
-        type='mmsape.PosEncViT',
-        arch='deit-small',
-        img_size=image_size,
-        patch_size=16,
-        with_cls_token=False,
-        out_type='featmap',
-        out_indices=(11, ),
-        window_size=14,
-        global_attn_indexes=(2, 5, 8, 11),
-        drop_path_rate=0.1,
-        final_norm=False,
-        pos_encoding=dict(type='mmsape.LearnedAPE'),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth')),
+    backbone=dict(_base_.vitdet_backbone, _delete_=True, img_size=image_size),
     neck=dict(
         _delete_=True,
         type='mmsape.SimpleFPN',

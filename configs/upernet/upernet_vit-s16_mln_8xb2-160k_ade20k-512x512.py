@@ -5,6 +5,8 @@ _base_ = [
     'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py',
 ]
 custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 model = dict(
     # mmseg passes `pretrained` to its own ViT; mmsape's loads through init_cfg.

@@ -3,6 +3,8 @@
 # The vit-s16-<encoding>_* files change only the position encoding.
 _base_ = ['mmpretrain::deit/deit-small_4xb256_in1k.py']
 custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 model = dict(
     backbone=dict(

@@ -7,6 +7,8 @@
 _base_ = ['mmpretrain::_base_/datasets/cifar10_bs16.py',
           'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
+# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
+default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
 
 model = dict(
     type='ImageClassifier',

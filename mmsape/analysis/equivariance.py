@@ -250,7 +250,7 @@ def find_backbone(model: nn.Module) -> nn.Module:
 
 def load_model(config: str, checkpoint: Optional[str], cfg_options: Optional[dict] = None):
     """Build a config's model and test dataloader through MMEngine's Runner."""
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from mmengine.config import Config
 
+from mmsape.utils.config_entries import type_name_of
+
 #: Resize transforms whose target size the sweep overrides.
 RESIZE_TYPES = ('Resize', 'ResizeEdge', 'RandomResize', 'RandomChoiceResize',
                 'RandomResizedCrop', 'FixScaleResize')
@@ -84,8 +86,8 @@ def override_test_resize(pipeline: Sequence[dict], height: int, width: int) -> L
         ValueError: If the pipeline has no resize to override.
     """
     pipeline = copy.deepcopy(list(pipeline))
-    resize_at = [i for i, t in enumerate(pipeline) if _short_type(t) in RESIZE_TYPES]
-    crop_at = [i for i, t in enumerate(pipeline) if _short_type(t) in CROP_TYPES]
+    resize_at = [i for i, t in enumerate(pipeline) if type_name_of(t) in RESIZE_TYPES]
+    crop_at = [i for i, t in enumerate(pipeline) if type_name_of(t) in CROP_TYPES]
     if not resize_at:
         raise ValueError(f'The test pipeline has no {"/".join(RESIZE_TYPES)} transform to '
                          f'override: {[t.get("type") for t in pipeline]}.')
@@ -106,11 +108,6 @@ def override_test_resize(pipeline: Sequence[dict], height: int, width: int) -> L
         for i in resize_at[1:]:
             pipeline[i] = None
     return [t for t in pipeline if t is not None]
-
-
-def _short_type(transform: dict) -> str:
-    name = transform.get('type', '')
-    return name.split('.')[-1] if isinstance(name, str) else getattr(name, '__name__', '')
 
 
 def base_size_of(cfg: Config) -> Tuple[int, int]:
@@ -141,7 +138,7 @@ def evaluate_at_sizes(config: Union[str, Config],
     Returns:
         list[dict]: Rows with :data:`CSV_COLUMNS`.
     """
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -1,9 +1,26 @@
-"""Hooks and optimizer constructors registered in the mmsape scope."""
-from .hooks import ProgressBarHook, TorchRNGStateHook
+"""Training machinery: hooks, optimizer constructors, model wrappers, and checkpoint
+I/O by registration.
+
+Importing this package (``custom_imports=dict(imports=['mmsape.engine'])``, any
+``type='mmsape.<Hook>'`` in a config, or ``mmsape.utils.register_all_modules``)
+registers with MMEngine, whatever the entry point (mmsape's, mmdet's or mmseg's
+``tools/train.py``, or a bare ``Runner.from_cfg``):
+
+* :mod:`.checkpoint_loaders`: loaders for local, ``http(s)://``,
+  ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` checkpoints that never
+  execute pickled code, and the allowlist of MMEngine's checkpoint types;
+* :mod:`.fileio`: an atomic local file backend, so checkpoints are written
+  through a temporary file, fsync and rename;
+* :class:`AtomicCheckpointHook`: ``CheckpointHook`` whose ``last_checkpoint``
+  pointer is replaced atomically too.
+"""
+from . import checkpoint_loaders, fileio
+from .hooks import AtomicCheckpointHook, ProgressBarHook, TorchRNGStateHook
 from .optimizers import DeclaredDecayOptimWrapperConstructor, LayerDecayOptimWrapperConstructor
 from .wrappers import CPUDistributedDataParallel
 
 __all__ = [
-    'CPUDistributedDataParallel', 'DeclaredDecayOptimWrapperConstructor',
+    'checkpoint_loaders', 'fileio', 'AtomicCheckpointHook', 'CPUDistributedDataParallel',
+    'DeclaredDecayOptimWrapperConstructor',
     'LayerDecayOptimWrapperConstructor', 'ProgressBarHook', 'TorchRNGStateHook'
 ]

@@ -1,24 +1,26 @@
+"""The bottom layer: checkpoint I/O and environment set-up (imports only mmsape.registry)."""
+from .atomic_io import atomic_save, atomic_write, atomic_writer
 from .checkpoint import (
                          CheckpointError,
                          CorruptCheckpointError,
                          UnsafeCheckpointError,
-                         allow_mmengine_checkpoint_types,
-                         atomic_save,
-                         format_state_dict_report,
                          load_checkpoint_safely,
-                         load_from_http_safely,
-    load_from_local_safely,
-                         mmengine_checkpoint_safe_globals,
-                         patch_mmengine_checkpointing,
-                         save_checkpoint_atomically,
+                         load_url_safely,
 )
-from .setup_env import register_all_modules
+from .safe_globals import allow_mmengine_checkpoint_types, mmengine_checkpoint_safe_globals
+from .setup_env import (
+                         build_runner,
+                         init_cpu_process_group,
+                         load_config,
+                         prepare_scope,
+                         register_all_modules,
+)
+from .state_dict_report import format_state_dict_report
 
 __all__ = [
-    'register_all_modules', 'CheckpointError', 'CorruptCheckpointError',
-    'UnsafeCheckpointError', 'mmengine_checkpoint_safe_globals',
-    'allow_mmengine_checkpoint_types', 'load_checkpoint_safely', 'atomic_save',
-    'save_checkpoint_atomically', 'load_from_local_safely', 'load_from_http_safely',
-    'patch_mmengine_checkpointing',
-    'format_state_dict_report'
+    'CheckpointError', 'CorruptCheckpointError', 'UnsafeCheckpointError',
+    'load_checkpoint_safely', 'load_url_safely', 'mmengine_checkpoint_safe_globals',
+    'allow_mmengine_checkpoint_types', 'atomic_writer', 'atomic_write', 'atomic_save',
+    'format_state_dict_report', 'register_all_modules', 'load_config', 'prepare_scope',
+    'init_cpu_process_group', 'build_runner'
 ]

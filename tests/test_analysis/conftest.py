@@ -6,10 +6,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmsape.datasets import ensure_demo_data
+from mmsape.testing.demo_data import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
-CLS_CONFIG = ROOT / 'configs' / 'demo' / 'cls_vit-t8-sape2_demo.py'
+CLS_CONFIG = ROOT / 'configs' / 'demo' / 'vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 
 
 def tiny_cls_config(pos_encoding: dict, work_dir: Path) -> Config:
@@ -31,7 +31,7 @@ def save_tiny_checkpoint(cfg: Config, path: Path, ape_std: float = 0.) -> None:
     scale, so that it dominates position like a trained table does."""
     from mmengine.registry import DefaultScope
 
-    from mmsape.apis import prepare_scope
+    from mmsape.utils import prepare_scope
     prepare_scope(cfg)
     from mmpretrain.registry import MODELS
     torch.manual_seed(0)

@@ -1,7 +1,6 @@
 """Translation-equivariance scores: exact for a model equivariant by construction."""
 import csv
-import importlib.util
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
@@ -14,25 +13,14 @@ from mmsape.analysis.equivariance import (
     pixel_shifts,
     shifted_views,
 )
-from mmsape.models import PosEncViT
 
-ROOT = Path(__file__).resolve().parents[2]
+import builders
+from builders import load_tool
+
 TOL = 1e-5
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / 'tools' / 'analysis' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_vit(pos_encoding: dict, **kwargs) -> PosEncViT:
-    torch.manual_seed(0)
-    return PosEncViT(arch=dict(embed_dims=32, num_layers=3, num_heads=2,
-                               feedforward_channels=64),
-                     img_size=32, patch_size=4, pos_encoding=pos_encoding, **kwargs).eval()
+tiny_vit = partial(builders.tiny_vit, num_layers=3, num_heads=2, patch_size=4, seed=0)
 
 
 def test_fractional_roll_matches_roll_and_interpolates():

@@ -1,7 +1,5 @@
-"""PE maps, the visualisation / FLOPs CLIs and the study's building blocks."""
-import importlib.util
-import sys
-from pathlib import Path
+"""PE maps and the visualisation / FLOPs CLIs."""
+from functools import partial
 
 import pytest
 import torch
@@ -14,26 +12,11 @@ from mmsape.analysis.pe_maps import (
     sape2_bias_map,
     token_grid,
 )
-from mmsape.models import PosEncViT
 
-ROOT = Path(__file__).resolve().parents[2]
+import builders
+from builders import load_tool
 
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / 'tools' / 'analysis' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_vit(pos_encoding, **kwargs) -> PosEncViT:
-    torch.manual_seed(0)
-    return PosEncViT(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
-                               feedforward_channels=64),
-                     img_size=(24, 32), patch_size=4, pos_encoding=pos_encoding,
-                     **kwargs).eval()
+tiny_vit = partial(builders.tiny_vit, num_heads=2, img_size=(24, 32), patch_size=4, seed=0)
 
 
 def test_sape2_bias_map_is_the_bias_row():
@@ -84,7 +67,7 @@ def test_visualize_pe_cli(tiny_models, tmp_path):
 
 def test_get_flops_cli(capsys):
     tool = load_tool('get_flops')
-    assert tool.main(['--arch', 'tiny', '--shape', '32', '48', '--repeats', '1',
+    assert tool.main(['--arch', 'deit-tiny', '--shape', '32', '48', '--repeats', '1',
                       '--threads', '1', '--encodings', 'none', 'SaPE2 query']) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith('| ')]
@@ -93,22 +76,3 @@ def test_get_flops_cli(capsys):
     assert float(sape[2]) > float(none[2])  # the tables are parameters
     assert float(none[3]) > 0
 
-
-def test_pe_study_building_blocks(tmp_path):
-    pytest.importorskip('sklearn')
-    study = load_tool('pe_study')
-    x_train, y_train, x_test, y_test = study.digits_canvases()
-    assert x_train.shape[1:] == (1, study.CANVAS, study.CANVAS)
-    assert len(y_train) + len(y_test) == 1797
-    data = (x_train[:96], y_train[:96], x_test[:64], y_test[:64])
-    results = [study.train_digits(name, 0, 1, True, data) for name in ('APE', 'none')]
-    sizes = {f'{h}x{w}' for h, w in study.DIGIT_EVAL_SIZES}
-    assert set(results[0]['acc']) == sizes
-    args = study.parse_args(['--quick', '--out', str(tmp_path)])
-    report = study.write_report(args, results, [], wall_s=1.)
-    assert (tmp_path / 'README.md').exists() and (tmp_path / 'digits_resolution.png').exists()
-    assert '| APE |' in report and '| none |' in report
-    # The model without position encoding is exactly equivariant under whole-patch rolls.
-    none_rows = [r for r in results[1]['equivariance']
-                 if r['shift_x'] % study.PATCH == 0 and r.get('mode') != 'crop']
-    assert all(abs(r['cosine'] - 1) < 1e-5 for r in none_rows)

@@ -1,7 +1,5 @@
 """Resolution sweep: sizes, pipeline overrides, and the CLI end to end."""
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -14,15 +12,7 @@ from mmsape.analysis.resolution import (
     sweep_sizes,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / 'tools' / 'analysis' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from builders import load_tool
 
 
 def test_sweep_sizes_square_and_non_square():

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from mmsape.datasets import ensure_demo_data
+from mmsape.testing.demo_data import ensure_demo_data
+from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = {
-    'cls': ('configs/demo/cls_vit-t8-sape2_demo.py', 'accuracy/top1'),
-    'seg': ('configs/demo/seg_vit-t8-sape2_upernet_demo.py', 'mIoU'),
-    'det': ('configs/demo/det_vit-s16-sape2_mask-rcnn_demo.py', 'coco/bbox_mAP'),
+    'cls': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'accuracy/top1'),
+    'seg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py', 'mIoU'),
+    'det': ('configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+            'coco/bbox_mAP'),
 }
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +34,22 @@ def demo_root() -> Path:
     return ensure_demo_data(ROOT / 'data' / 'demo')
 
 
-def short_run(iters: int, checkpoint_every: int) -> list:
-    """--cfg-options that shorten a demo config to ``iters`` iterations."""
-    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-            f'default_hooks.checkpoint.interval={checkpoint_every}',
-            'default_hooks.logger.interval=1', 'param_scheduler.0.end=2',
-            'param_scheduler.1.begin=2', f'param_scheduler.1.end={iters}']
+def short_run(config: str, iters: int, checkpoint_every: int) -> list:
+    """--cfg-options that shorten a demo config to ``iters`` iterations: the
+    warm-up (the config's LinearLR, found by type) to 2 iterations, the
+    schedulers that started after it to start after 2, those that ended with
+    training to end at ``iters``."""
+    cfg = Config.fromfile(ROOT / config)
+    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'default_hooks.checkpoint.interval={checkpoint_every}',
+               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
+    for index, scheduler in enumerate(cfg.param_scheduler):
+        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
+            options.append(f'param_scheduler.{index}.begin=2')
+        if scheduler.get('end') == cfg.train_cfg.max_iters:
+            options.append(f'param_scheduler.{index}.end={iters}')
+    return options
 
 
 def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
@@ -53,7 +65,7 @@ def test_train_then_test_gives_metric(task, demo_root, tmp_path):
     # after 4 iterations no box would pass the detector's usual score threshold
     test_options = ['model.test_cfg.rcnn.score_thr=0.0'] if task == 'det' else []
     run_tool('tools/train.py', config, '--work-dir', tmp_path, '--cfg-options',
-             *short_run(iters=4, checkpoint_every=4), *test_options)
+             *short_run(config, iters=4, checkpoint_every=4), *test_options)
     checkpoint = tmp_path / 'iter_4.pth'
     assert checkpoint.is_file()
     out = tmp_path / 'metrics.json'
@@ -79,7 +91,7 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(demo_root, tmp_path):
     """SIGKILL mid-run; --resume continues from the last checkpoint with the
     same iteration, optimizer and scheduler state: identical losses."""
     config, _ = DEMO_CONFIGS['seg']
-    options = ['--cfg-options', *short_run(iters=8, checkpoint_every=2),
+    options = ['--cfg-options', *short_run(config, iters=8, checkpoint_every=2),
                'randomness.deterministic=True']
     reference = tmp_path / 'uninterrupted'
     run_tool('tools/train.py', config, '--work-dir', reference, *options)
@@ -114,7 +126,7 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
                 '--master_port', '29517']
     result = subprocess.run(
         [*torchrun, 'tools/train.py', config, '--launcher', 'pytorch', '--work-dir',
-         str(tmp_path), '--cfg-options', *short_run(iters=4, checkpoint_every=4)],
+         str(tmp_path), '--cfg-options', *short_run(config, iters=4, checkpoint_every=4)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert 'gloo' in result.stdout + result.stderr
@@ -130,7 +142,7 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
 def build_and_step(config: str, encoding: str, work_dir: Path) -> float:
     """Build the task's Runner with another position encoding, train one
     iteration, return the loss."""
-    from mmsape.apis import build_runner, prepare_scope
+    from mmsape.utils import build_runner, prepare_scope
     cfg = Config.fromfile(ROOT / config)
     cfg.merge_from_dict({'model.backbone.pos_encoding.type': encoding,
                          'train_cfg.max_iters': 1, 'train_cfg.val_interval': 100,

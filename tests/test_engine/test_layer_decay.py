@@ -3,9 +3,8 @@ import pytest
 from torch import nn
 
 from mmsape.engine import LayerDecayOptimWrapperConstructor
-from mmsape.models import PosEncViT
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+from builders import tiny_vit
 
 
 class Detector(nn.Module):
@@ -13,8 +12,7 @@ class Detector(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.backbone = PosEncViT(arch=TINY, img_size=32, patch_size=8,
-                                  pos_encoding=dict(type='SaPE2'))
+        self.backbone = tiny_vit('SaPE2', train=True)
         self.head = nn.Linear(32, 2)
 
 

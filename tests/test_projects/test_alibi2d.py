@@ -3,15 +3,14 @@ import math
 
 import torch
 
-from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import TokenGrid, build_pos_encoding
+
+from builders import tiny_vit
 
 
 def test_registered_from_the_project_and_usable_by_config():
     import projects.alibi2d.alibi2d  # noqa: F401  (what custom_imports does)
-    model = PosEncViT(arch=dict(embed_dims=32, num_layers=2, num_heads=4,
-                                feedforward_channels=64),
-                      img_size=32, patch_size=8, pos_encoding=dict(type='ALiBi2D'))
+    model = tiny_vit(dict(type='ALiBi2D'), train=True)
     assert model(torch.rand(2, 3, 24, 40))[0].shape == (2, 32)
 
 

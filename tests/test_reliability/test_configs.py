@@ -23,10 +23,10 @@ from mmsape.models.pos_encodings import registered_pos_encodings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
-    'mmpretrain': 'configs/demo/cls_vit-t8-sape2_demo.py',
-    'mmseg': 'configs/demo/seg_vit-t8-sape2_upernet_demo.py',
+    'mmpretrain': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
+    'mmseg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
     # ViTDet style: window attention, no class token, global blocks (1, 3).
-    'mmdet': 'configs/demo/det_vit-s16-sape2_mask-rcnn_demo.py',
+    'mmdet': 'configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
 }
 
 

@@ -3,7 +3,7 @@
 Each case either fails with an error naming the file and the reason, or is
 skipped with a logged warning; never a hang or a silently wrong sample. The
 ``stock_*`` tests record what OpenMMLab does today (so a change upstream shows
-up here); the others check :mod:`mmsape.datasets.checks`, which covers the
+up here); the others check :mod:`mmsape.datasets.transforms`, which covers the
 cases where the stock behaviour is silent or names no file.
 """
 import copy
@@ -23,14 +23,17 @@ from mmsape.datasets import (
     CheckSegLabelRange,
     DataFileError,
     check_coco_annotations,
-    generate_demo_data,
 )
+from mmsape.testing.demo_data import generate_demo_data
+from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
-    'mmdet': ('configs/demo/det_vit-s16-sape2_mask-rcnn_demo.py', 'coco'),
-    'mmseg': ('configs/demo/seg_vit-t8-sape2_upernet_demo.py', 'ade/ADEChallengeData2016'),
-    'mmpretrain': ('configs/demo/cls_vit-t8-sape2_demo.py', 'imagenet'),
+    'mmdet': ('configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+              'coco'),
+    'mmseg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
+              'ade/ADEChallengeData2016'),
+    'mmpretrain': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'imagenet'),
 }
 
 
@@ -53,8 +56,9 @@ def build_dataset(scope: str, demo: Path, checked_loading: bool = False, **chang
     cfg = copy.deepcopy(Config.fromfile(str(ROOT / config)).train_dataloader.dataset)
     cfg.data_root = str(demo / subdir)
     if checked_loading:
-        cfg.pipeline[0] = dict(type='mmsape.CheckedLoadImageFromFile',
-                               **{k: v for k, v in cfg.pipeline[0].items() if k != 'type'})
+        load = find_entry_index(cfg.pipeline, 'LoadImageFromFile')
+        cfg.pipeline[load] = dict(type='mmsape.CheckedLoadImageFromFile',
+                                  **{k: v for k, v in cfg.pipeline[load].items() if k != 'type'})
     cfg.update(changes)
     with DefaultScope.overwrite_default_scope(scope):
         return importlib.import_module(f'{scope}.registry').DATASETS.build(cfg)

@@ -8,34 +8,23 @@ comparison can fail), and compares every iteration's loss (message hub and
 ``scalars.json``) and the trained weights.
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmsape.apis import build_runner, load_config
-from mmsape.datasets import ensure_demo_data
+from mmsape.testing.demo_data import ensure_demo_data
+from mmsape.utils import build_runner, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/demo/cls_vit-t8-sape2_demo.py'
+CONFIG = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 MAX_ITERS = 3
 
 
 @pytest.fixture
 def restore_process_state():
     """Undo what the run changes process-wide: torch's determinism flags and RNG
-    (``deterministic=True``) and the MMEngine checkpoint patch (``load_config``),
-    which other tests expect to apply themselves."""
-    import mmengine.runner.checkpoint as mmengine_checkpoint
-
-    import mmsape.utils.checkpoint as ckpt_utils
-    modules = [sys.modules[name] for name in ckpt_utils._MODULES_BINDING_SAVE_CHECKPOINT
-               if name in sys.modules]
-    saves = [module.save_checkpoint for module in modules]
-    loaders = (mmengine_checkpoint.load_from_local, mmengine_checkpoint.load_from_http,
-               mmengine_checkpoint.CheckpointLoader._schemes,
-               ckpt_utils._mmengine_save_checkpoint)
+    (``deterministic=True``)."""
     algorithms = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -44,11 +33,6 @@ def restore_process_state():
     torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
     torch.set_rng_state(rng_state)
-    for module, save in zip(modules, saves):
-        module.save_checkpoint = save
-    (mmengine_checkpoint.load_from_local, mmengine_checkpoint.load_from_http,
-     mmengine_checkpoint.CheckpointLoader._schemes,
-     ckpt_utils._mmengine_save_checkpoint) = loaders
 
 
 def train(work_dir: Path, seed: int, name: str):

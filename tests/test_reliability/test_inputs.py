@@ -7,26 +7,21 @@ encoding on sub-patch, 1 x 2048 and 16 x 2048 images; single bad pixels;
 non-contiguous layouts; half-precision autocast; malformed padding masks and
 images with no pixels.
 """
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import registered_pos_encodings
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+from builders import tiny_vit
+
 ENCODINGS = sorted(set(registered_pos_encodings()) - {'PositionEncodingStack'})
 ALL = ENCODINGS + ['LearnedAPE+SaPE2']
 
 
-def vit(encoding: str = 'SaPE2', **kwargs) -> PosEncViT:
-    cfg = ([dict(type=name) for name in encoding.split('+')]
-           if '+' in encoding else dict(type=encoding))
-    args = dict(arch=TINY, img_size=32, patch_size=8, out_type='featmap',
-                num_register_tokens=1, pos_encoding=cfg)
-    args.update(kwargs)
-    torch.manual_seed(0)
-    return PosEncViT(**args).eval()
+vit = partial(tiny_vit, out_type='featmap', num_register_tokens=1, seed=0)
 
 
 # --------------------------------------------------------------- bad values
@@ -36,41 +31,41 @@ def test_one_non_finite_pixel_is_reported(value):
     images = torch.rand(3, 3, 24, 40)
     images[2, 1, 17, 33] = value
     with pytest.raises(ValueError, match='NaN or Inf'):
-        vit()(images)
+        vit('SaPE2')(images)
 
 
 @pytest.mark.parametrize('channels, in_channels', [(4, 3), (3, 1), (1, 4)])
 def test_wrong_channel_count_names_both_counts(channels, in_channels):
     with pytest.raises(ValueError, match=f'Input has {channels} channels but the backbone '
                                          f'was built with in_channels={in_channels}'):
-        vit(in_channels=in_channels)(torch.rand(1, channels, 16, 16))
+        vit('SaPE2', in_channels=in_channels)(torch.rand(1, channels, 16, 16))
 
 
 def test_matching_channel_count_works():
-    (out, ) = vit(in_channels=1)(torch.rand(2, 1, 16, 24))
+    (out, ) = vit('SaPE2', in_channels=1)(torch.rand(2, 1, 16, 24))
     assert out.shape == (2, 32, 2, 3)
 
 
 @pytest.mark.parametrize('shape', [(2, 0, 32), (2, 32, 0)])
 def test_image_without_pixels_is_reported(shape):
     with pytest.raises(ValueError, match='have no pixels'):
-        vit()(torch.rand(1, 3, *shape[1:]))
+        vit('SaPE2')(torch.rand(1, 3, *shape[1:]))
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
 def test_input_dtype_differing_from_weights_is_reported(dtype):
     with pytest.raises(ValueError, match='dtype'):
-        vit()(torch.rand(1, 3, 16, 16, dtype=dtype))
+        vit('SaPE2')(torch.rand(1, 3, 16, 16, dtype=dtype))
 
 
 def test_pad_mask_of_wrong_size_is_reported():
     with pytest.raises(ValueError, match=r'pad_mask of shape \(2, 24, 41\) does not match'):
-        vit()(torch.rand(2, 3, 24, 40), torch.zeros(2, 24, 41, dtype=torch.bool))
+        vit('SaPE2')(torch.rand(2, 3, 24, 40), torch.zeros(2, 24, 41, dtype=torch.bool))
 
 
 def test_pad_mask_with_channel_dim_is_reported():
     with pytest.raises(ValueError, match=r'pad_mask of shape \(2, 1, 24, 40\) does not match'):
-        vit()(torch.rand(2, 3, 24, 40), torch.zeros(2, 1, 24, 40, dtype=torch.bool))
+        vit('SaPE2')(torch.rand(2, 3, 24, 40), torch.zeros(2, 1, 24, 40, dtype=torch.bool))
 
 
 # --------------------------------------------------------------- odd sizes

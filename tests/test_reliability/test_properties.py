@@ -9,6 +9,7 @@ SaPE vector coincides (constant images): all its distances are 0, where
 ``d ||s_i - s_n|| / ds`` is undefined, and the gradient must stay finite.
 """
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import registered_pos_encodings
 from mmsape.ops.sape2 import pairwise_l2, squared_distance_factors
 
+import builders
+
 PATCH = 4
 # Every registered encoding on its own, plus stacks (token-additive + in-attention).
 ENCODINGS = sorted(set(registered_pos_encodings()) - {'PositionEncodingStack'})
@@ -27,19 +30,8 @@ SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-def pos_encoding_cfg(name: str):
-    if '+' in name:
-        return [dict(type=part) for part in name.split('+')]
-    return dict(type=name)
-
-
-def tiny_vit(pos_encoding, embed_dims: int = 16, num_layers: int = 1, **kwargs) -> PosEncViT:
-    arch = dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=2,
-                feedforward_channels=2 * embed_dims)
-    args = dict(arch=arch, img_size=4 * PATCH, patch_size=PATCH, out_type='raw',
-                pos_encoding=pos_encoding)
-    args.update(kwargs)
-    return PosEncViT(**args).train()
+tiny_vit = partial(builders.tiny_vit, embed_dims=16, num_layers=1, num_heads=2,
+                   img_size=4 * PATCH, patch_size=PATCH, out_type='raw', train=True)
 
 
 @st.composite
@@ -100,7 +92,7 @@ def assert_trains(model: PosEncViT, images: torch.Tensor, shape: tuple, label: s
 @given(case=model_and_input())
 def test_forward_backward_on_any_grid(encoding, case):
     torch.manual_seed(case['seed'])
-    model = tiny_vit(pos_encoding_cfg(encoding), embed_dims=case['embed_dims'],
+    model = tiny_vit(encoding, embed_dims=case['embed_dims'],
                      num_layers=case['num_layers'], with_cls_token=case['with_cls_token'],
                      num_register_tokens=case['num_register_tokens'],
                      out_type=case['out_type'])

@@ -14,7 +14,8 @@ logit scores), ``equivariance.png`` and prints a table.
 Example::
 
     python tools/analysis/equivariance.py \\
-        --model configs/demo/cls_vit-t8-sape2_demo.py work_dirs/cls/iter_300.pth \\
+        --model configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py \\
+                work_dirs/cls/iter_300.pth \\
         --patch-shifts 1 2 4 --sub-patch-offsets 2 4 --mode circular
 """
 import argparse

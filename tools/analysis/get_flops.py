@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Params, FLOPs and CPU latency of PosEncViT for each position encoding.')
     parser.add_argument('--arch', default='deit-tiny',
-                        help="PosEncViT arch name (tiny, small, base, deit-*)")
+                        help='a name of PosEncViT.arch_zoo (deit-tiny, deit-small, deit-base, ...)')
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224],
                         metavar=('H', 'W'), help='input size')
     parser.add_argument('--patch-size', type=int, default=16, help='patch size')

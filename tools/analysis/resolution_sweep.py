@@ -6,11 +6,14 @@ overridden per size (see :mod:`mmsape.analysis.resolution`). Writes a CSV
 (columns: checkpoint, config, height, width, scale, aspect, metric, value), a PNG
 (metric vs resolution, one line per checkpoint) and prints a markdown table.
 
-Example::
+Example: the demo segmenter with SaPE2 and with a learned APE
+(``python tools/demo.py --tasks seg --pos-encoding LearnedAPE --work-dir
+work_dirs/demo_ape``), each with the config its run saved in its work dir::
 
+    CONFIG=upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py
     python tools/analysis/resolution_sweep.py \\
-        --model configs/demo/seg_vit-t8-sape2_upernet_demo.py work_dirs/seg/iter_300.pth \\
-        --model configs/demo/seg_vit-t8-ape_demo.py work_dirs/seg_ape/iter_300.pth \\
+        --model work_dirs/demo/seg/$CONFIG work_dirs/demo/seg/iter_300.pth \\
+        --model work_dirs/demo_ape/seg/$CONFIG work_dirs/demo_ape/seg/iter_300.pth \\
         --scales 0.5 0.75 1 1.5 2 --aspects 0.5 1 2 --out-dir work_dirs/res_sweep
 """
 import argparse

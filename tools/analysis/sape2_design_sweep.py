@@ -1,7 +1,7 @@
 """The design sweep of query-relative SaPE² (issue 12) on the study's digits task.
 
-Trains the study's small ViT (``tools/analysis/pe_study.py``: PosEncViT, 64
-dims, 4 blocks, patch 4) with candidate SaPE² settings and reference encodings
+Trains the study's small ViT (:mod:`mmsape.analysis.pe_study.digits`: PosEncViT,
+64 dims, 4 blocks, patch 4) with candidate SaPE² settings and reference encodings
 under two protocols, and prints one markdown table:
 
 * **centred**: the study's protocol, digits centred on a 24x24 canvas, 6
@@ -19,41 +19,38 @@ One CPU thread per run; the numbers are means over ``--seeds`` with the spread
 """
 import argparse
 import json
-import math
-import os.path as osp
-import sys
-import time
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from pe_study import (  # noqa: E402
+from mmsape.analysis.pe_study.digits import (
     CANVAS,
     DIGIT_SIZE,
     PATCH,
     DigitsViT,
     accuracy,
     digits_canvases,
+    fit_digits,
     pad_canvas,
     translate,
 )
 
 QUERY = dict(type='SaPE2', count_from='query')
+#: The lookup form with the authors' table init (std 0.02), the base of most rows.
+LOOKUP = dict(QUERY, bias='lookup', table_std=0.02)
 #: name -> pos_encoding config. The first rows are references.
 CANDIDATES: Dict[str, object] = {
     'none': dict(type='NoPositionEncoding'),
     'PEG': dict(type='PEG'),
     'SaPE2 published': dict(type='SaPE2'),
     'query distance': dict(QUERY, bias='distance'),
-    'query lookup': dict(QUERY, bias='lookup'),
-    'query lookup, std 0.2': dict(QUERY, bias='lookup', table_std=0.2),
-    'query lookup, head scalars': dict(QUERY, bias='lookup', table_values='head_scalars'),
-    'query lookup, gate T=4': dict(QUERY, bias='lookup', gate_temperature=4.),
-    'query lookup + PEG': [dict(QUERY, bias='lookup'), dict(type='PEG')],
-    'query lookup, std 0.2 + PEG': [dict(QUERY, bias='lookup', table_std=0.2), dict(type='PEG')],
+    'query lookup, std 0.02': LOOKUP,
+    'query lookup, std 0.2': dict(LOOKUP, table_std=0.2),
+    'query lookup, std 0.02, head scalars': dict(LOOKUP, table_values='head_scalars'),
+    'query lookup, std 0.02, gate T=4': dict(LOOKUP, gate_temperature=4.),
+    'query lookup, std 0.02 + PEG': [LOOKUP, dict(type='PEG')],
+    'query lookup, std 0.2 + PEG': [dict(LOOKUP, table_std=0.2), dict(type='PEG')],
 }
 PROTOCOLS = {'centred': dict(canvas=CANVAS, epochs=6),
              'translated': dict(canvas=32, epochs=10)}
@@ -75,40 +72,18 @@ def place_at_random(digits: Tensor, canvas: int, generator: torch.Generator) -> 
 
 
 def train(pos_encoding, protocol: str, seed: int, data) -> Tuple[nn.Module, float]:
-    """The study's recipe (AdamW 2e-3, cosine with one warm-up epoch, label
-    smoothing 0.1, clip 1.0, batch 32); the translated protocol redraws the
-    digits' places every epoch."""
+    """The study's recipe (:func:`~mmsape.analysis.pe_study.digits.fit_digits`);
+    the translated protocol redraws the digits' places every epoch."""
     x_train, y_train = data[:2]
     canvas, epochs = PROTOCOLS[protocol]['canvas'], PROTOCOLS[protocol]['epochs']
     torch.manual_seed(seed)
     model = DigitsViT(pos_encoding, {})
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'pos_encoding' not in n]
-    no_decay = [p for n, p in model.named_parameters()
-                if not (p.ndim > 1 and 'pos_encoding' not in n)]
-    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),
-                                   dict(params=no_decay, weight_decay=0.)], lr=2e-3)
-    batch = 32
-    steps_per_epoch = math.ceil(len(y_train) / batch)
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else
-        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    generator = torch.Generator().manual_seed(seed)
-    start = time.time()
-    model.train()
-    for _ in range(epochs):
-        images = (place_at_random(digit_crops(x_train), canvas, generator)
-                  if protocol == 'translated' else x_train)
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            loss = F.cross_entropy(model(images[idx]), y_train[idx], label_smoothing=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-    return model.eval(), time.time() - start
+    augment = None
+    if protocol == 'translated':
+        def augment(images, generator):
+            return place_at_random(digit_crops(images), canvas, generator)
+    train_s, _ = fit_digits(model, x_train, y_train, epochs, seed, augment)
+    return model.eval(), train_s
 
 
 def evaluate(model: nn.Module, protocol: str, data) -> Dict[str, float]:

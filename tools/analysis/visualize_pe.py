@@ -15,8 +15,9 @@ model's data preprocessor. Writes ``<out-dir>/pe_maps_<name>.png``.
 
 Example::
 
-    python tools/analysis/visualize_pe.py configs/demo/seg_vit-t8-sape2_upernet_demo.py \\
-        work_dirs/seg/iter_300.pth --patch 5 10 --layer 2
+    python tools/analysis/visualize_pe.py \\
+        configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py \\
+        work_dirs/demo/seg/iter_300.pth --patch 5 10 --layer 2
 """
 import argparse
 import os

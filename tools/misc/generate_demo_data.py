@@ -7,7 +7,7 @@ Example::
         --num-train 480 --num-val 160 --force
 
 Without ``--force`` nothing is written when ``<out>`` already holds demo data
-of this generator version, seed and size. See :mod:`mmsape.datasets.demo_data`
+of this generator version, seed and size. See :mod:`mmsape.testing.demo_data`
 for what the datasets contain and how configs load them.
 """
 import argparse
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 try:
-    from mmsape.datasets import demo_data
+    from mmsape.testing import demo_data
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from mmsape.datasets import demo_data
+    from mmsape.testing import demo_data
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,12 +14,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from mmsape.models.pos_encodings import TokenGrid, build_pos_encoding
 from mmsape.models.pos_encodings.base import grid_to_map, layers_from_option
+from mmsape.models.utils.vit_pretrained import convert_vit_state_dict, format_load_report
 from mmsape.registry import MODELS
 
 #: ``attend(q, k, v, grid, dropout_p) -> out``, one layer's attention as the
@@ -167,10 +169,12 @@ class PosEncViT(BaseModule):
     of every batch.
 
     Args:
-        arch (str | dict): A key of :attr:`arch_zoo` ('tiny', 'small', 'base',
-            'large' or their 'deit-*' names) or a dict with ``embed_dims``,
-            ``num_layers``, ``num_heads`` and ``feedforward_channels``.
-            Defaults to 'small'.
+        arch (str | dict): A key of :attr:`arch_zoo` ('deit-tiny',
+            'deit-small', 'deit-base', or mmpretrain's 'base', 'large') or a dict
+            with ``embed_dims``, ``num_layers``, ``num_heads`` and
+            ``feedforward_channels``. There is no 'small': mmpretrain's
+            ``VisionTransformer`` uses it for a 768-channel, 8-block network,
+            timm for DeiT-S. Defaults to 'deit-small'.
         img_size (int | tuple[int, int]): Training image size; sets the base grid
             of tables stored per grid cell (learned APE). Any size is accepted
             at run time. Defaults to 224.
@@ -203,9 +207,14 @@ class PosEncViT(BaseModule):
             position encoding and the first ``frozen_stages`` blocks; -1 freezes
             nothing. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
-        init_cfg (dict | list[dict], optional): Initialisation; a ``Pretrained``
-            entry loads timm / DeiT / mmpretrain ViT weights (see
-            :func:`mmsape.models.utils.load_vit_pretrained`).
+        init_cfg (dict | list[dict], optional): Initialisation. MMEngine's
+            ``Pretrained`` loads timm / DeiT / mmpretrain / mmseg ViT weights as
+            they are: a load-state-dict pre-hook converts their keys, so does
+            ``load_from`` of a whole detector or segmentor (see
+            :mod:`mmsape.models.utils.vit_pretrained`); ``load_report`` then holds
+            the last load's missing, unexpected, resized and filled keys. To
+            reproduce an mmseg or mmpretrain model at other input sizes, build its
+            ``LearnedAPE`` with ``antialias=False``.
 
     Examples:
         >>> import torch
@@ -219,11 +228,13 @@ class PosEncViT(BaseModule):
         [(2, 64, 5, 7), (2, 64, 5, 7)]
     """
 
+    #: Only names that mean one network: DeiT's, and mmpretrain's where its
+    #: ``VisionTransformer.arch_zoo`` has the same network under the name.
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['t', 'tiny', 'deit-t', 'deit-tiny'],
+        **dict.fromkeys(['deit-t', 'deit-tiny'],
                         dict(embed_dims=192, num_layers=12, num_heads=3,
                              feedforward_channels=768)),
-        **dict.fromkeys(['s', 'small', 'deit-s', 'deit-small'],
+        **dict.fromkeys(['deit-s', 'deit-small'],
                         dict(embed_dims=384, num_layers=12, num_heads=6,
                              feedforward_channels=1536)),
         **dict.fromkeys(['b', 'base', 'deit-b', 'deit-base'],
@@ -233,10 +244,15 @@ class PosEncViT(BaseModule):
                         dict(embed_dims=1024, num_layers=24, num_heads=16,
                              feedforward_channels=4096)),
     }
+    #: Names mmsape once accepted, with the name of the same network now. They
+    #: are ambiguous: mmpretrain's 's' / 'small' is a 768-channel, 8-block ViT,
+    #: and it has no 't' / 'tiny'.
+    removed_archs: Dict[str, str] = {
+        't': 'deit-t', 'tiny': 'deit-tiny', 's': 'deit-s', 'small': 'deit-small'}
     OUT_TYPES = {'raw', 'cls_token', 'featmap', 'avg_featmap'}
 
     def __init__(self,
-                 arch: Union[str, dict] = 'small',
+                 arch: Union[str, dict] = 'deit-small',
                  img_size: Union[int, Tuple[int, int]] = 224,
                  patch_size: int = 16,
                  in_channels: int = 3,
@@ -338,10 +354,28 @@ class PosEncViT(BaseModule):
         self._init_default_weights()
         self._freeze_stages()
 
+        # Checkpoints from timm / mmpretrain / mmseg load by every route
+        # (init_cfg, load_from, resume, load_state_dict): converted before the
+        # load, reported after it.
+        self.load_report: Optional[dict] = None
+        self._pending_conversion = None
+        self._register_load_state_dict_pre_hook(self._convert_checkpoint)
+        self.register_load_state_dict_post_hook(self._report_checkpoint)
+
     # ----------------------------------------------------------------- config
     def _resolve_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
             key = arch.lower()
+            if key in self.removed_archs:
+                replacement = self.removed_archs[key]
+                old = self.arch_zoo[replacement]
+                mmpretrain = ("calls a 768-channel, 8-block network 'small'"
+                              if key.startswith('s') else "has no 'tiny'")
+                raise ValueError(
+                    f"arch {arch!r} is ambiguous and no longer accepted: mmsape's {arch!r} "
+                    f"was {replacement!r} ({old['embed_dims']} channels, {old['num_layers']} "
+                    f"blocks), while mmpretrain's VisionTransformer {mmpretrain}. Use "
+                    f'arch={replacement!r} for the same network as before.')
             if key not in self.arch_zoo:
                 raise ValueError(f'Unknown arch {arch!r}; choose one of '
                                  f'{sorted(set(self.arch_zoo))} or pass a dict.')
@@ -361,24 +395,22 @@ class PosEncViT(BaseModule):
         return layers_from_option(out_indices, self.num_layers, name='out_indices')
 
     # ------------------------------------------------------------------- init
-    def init_weights(self) -> None:
-        """Load ``init_cfg``'s ``Pretrained`` checkpoint, converted and resampled.
+    def _convert_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
+        """Load-state-dict pre-hook: timm / DeiT / mmpretrain / mmseg keys to
+        mmsape's, parameters the source lacks set to reproduce it (see
+        :mod:`mmsape.models.utils.vit_pretrained`); mmsape's keys pass unchanged."""
+        self._pending_conversion = convert_vit_state_dict(state_dict, prefix, self)
 
-        Used instead of MMEngine's plain ``PretrainedInit`` so that timm / DeiT /
-        mmpretrain files load as they are; other ``init_cfg`` types go through
-        MMEngine as usual.
-        """
-        checkpoint = self._pretrained_cfg().get('checkpoint')
-        if checkpoint is None:
-            super().init_weights()
+    def _report_checkpoint(self, module: nn.Module, incompatible_keys) -> None:
+        """Load-state-dict post-hook: keep the load's report in ``load_report``
+        and log it when the checkpoint needed converting."""
+        conversion, self._pending_conversion = self._pending_conversion, None
+        if conversion is None:
             return
-        from mmsape.models.utils import load_vit_pretrained
-        load_vit_pretrained(self, checkpoint, prefix=self._pretrained_cfg().get('prefix'))
-        self._is_init = True
-
-    def _pretrained_cfg(self) -> dict:
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        return next((c for c in cfgs if c and c.get('type') == 'Pretrained'), {})
+        self.load_report = conversion.report(incompatible_keys.missing_keys,
+                                             incompatible_keys.unexpected_keys)
+        if conversion.changed:
+            print_log(format_load_report(self.load_report), logger='current')
 
     def _init_default_weights(self) -> None:
         """timm's ViT init at construction: trunc-normal linears and prefix

@@ -47,7 +47,21 @@ class LearnedAPE(BasePositionEncoding):
     round-trip), else it is inferred as square. A timm / DeiT style table that
     still holds the class-token slot, shape ``(1, P + N, C)``, is split: the
     slot goes to ``prefix_pos_embed`` (or is dropped, with a log line, when this
-    module learns no prefix position).
+    module learns no prefix position). A table without prefix slots loaded with
+    no ``prefix_pos_embed`` (timm's ``no_embed_class``) sets it to zero: the
+    source added no position to its prefix tokens.
+
+    Both resamplings (checkpoint table to ``base_grid`` at load, table to each
+    batch's grid in :meth:`encode_tokens`) use ``interpolation`` and
+    ``antialias``. To reproduce a source model's features at sizes other than its
+    training size, use its setting:
+
+    ==================  =================  =============
+    checkpoint from     ``interpolation``  ``antialias``
+    ==================  =================  =============
+    timm, DeiT, mmsape  'bicubic'          True
+    mmseg, mmpretrain   'bicubic'          False
+    ==================  =================  =============
 
     Args:
         embed_dims (int): Token width C.
@@ -58,9 +72,12 @@ class LearnedAPE(BasePositionEncoding):
         with_prefix_embed (bool): Also learn a position for each prefix token,
             like DeiT's ``pos_embed[:, :1]``. Defaults to True.
         interpolation (str): ``F.interpolate`` mode used to resample the table.
-            Defaults to 'bicubic' (timm, mmseg).
-        antialias (bool): Antialias when shrinking the table. Defaults to True
-            (timm).
+            Defaults to 'bicubic' (timm, mmseg, mmpretrain).
+        antialias (bool): Resample with PyTorch's antialiased kernels ('bilinear'
+            and 'bicubic' only). They low-pass filter when the table shrinks, and
+            their bicubic is PIL's (a = -0.5) at every scale, where the plain one
+            uses a = -0.75: the two settings differ whenever the grid changes.
+            Defaults to True (timm); mmseg and mmpretrain resample with False.
         init_cfg (dict | list[dict], optional): MMEngine initialisation config.
 
     Examples:
@@ -86,6 +103,9 @@ class LearnedAPE(BasePositionEncoding):
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f'interpolation={interpolation!r} is not supported; use one '
                              f'of {_INTERPOLATIONS} (bicubic matches timm and mmseg).')
+        if antialias and interpolation not in ('bilinear', 'bicubic'):
+            raise ValueError(f'antialias=True needs interpolation \'bilinear\' or '
+                             f'\'bicubic\', got {interpolation!r}; set antialias=False.')
         if len(self.base_grid) != 2 or min(self.base_grid) < 1:
             raise ValueError(f'base_grid={self.base_grid} must be (H0, W0) with both >= 1; it '
                              f'is the patch grid of the configured img_size.')
@@ -179,12 +199,19 @@ class LearnedAPE(BasePositionEncoding):
             return
         num_extra, ckpt_grid = self._checkpoint_layout(
             ckpt_embed.shape[1], local_metadata.get(self._GRID_METADATA_KEY))
+
+        prefix_key = prefix + 'prefix_pos_embed'
+        if num_extra == 0 and self.prefix_pos_embed is not None and prefix_key not in state_dict:
+            state_dict[prefix_key] = torch.zeros_like(self.prefix_pos_embed).detach()
+            print_log(f'Set prefix_pos_embed to zero: the checkpoint pos_embed '
+                      f'{tuple(ckpt_embed.shape)} has no prefix slot and there is no '
+                      f'prefix_pos_embed, so its model added no position to prefix tokens.',
+                      logger='current')
         if num_extra == 0 and tuple(ckpt_grid) == self.base_grid:
             return
 
         prefix_slots, grid_embed = ckpt_embed[:, :num_extra], ckpt_embed[:, num_extra:]
         if num_extra:
-            prefix_key = prefix + 'prefix_pos_embed'
             if self.prefix_pos_embed is None:
                 print_log(f'Dropped the {num_extra} prefix slot(s) of the checkpoint pos_embed '
                           f'{tuple(ckpt_embed.shape)}: this LearnedAPE learns no prefix '
@@ -213,7 +240,8 @@ class LearnedAPE(BasePositionEncoding):
                 antialias=self.antialias)
             print_log(f'Resized position embedding {key} from grid {ckpt_grid[0]}x{ckpt_grid[1]} '
                       f'{tuple(ckpt_embed.shape)} to grid {self.base_grid[0]}x{self.base_grid[1]} '
-                      f'{tuple(grid_embed.shape)} ({self.interpolation}).', logger='current')
+                      f'{tuple(grid_embed.shape)} ({self.interpolation}, '
+                      f'antialias={self.antialias}).', logger='current')
         state_dict[key] = grid_embed
 
 

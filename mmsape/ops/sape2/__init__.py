@@ -4,8 +4,9 @@ their compiled CPU source (``csrc/``).
 :mod:`.functional` holds the equations as tensor functions, :mod:`.block_attention`
 the FlashAttention-style kernels of the distance bias and their dispatch,
 :mod:`.lookup_attention` those of the lookup bias of query-relative SaPE²,
-:mod:`.sape2_attention_cpu` the loader of the compiled CPU kernels. The
-registered module that owns the tables is :class:`mmsape.models.SaPE2`.
+:mod:`.sape2_attention_cpu` the loader of the compiled CPU kernels,
+:mod:`.sape2_attention_triton` the fused GPU kernels (imported on demand: it needs
+Triton). The registered module that owns the tables is :class:`mmsape.models.SaPE2`.
 """
 from .block_attention import (
     BLOCK_ELEMENTS,

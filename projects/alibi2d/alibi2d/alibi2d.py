@@ -36,7 +36,7 @@ class ALiBi2D(AttentionBiasPositionEncoding):
         >>> import torch
         >>> from mmsape.models import PosEncViT
         >>> import projects.alibi2d.alibi2d  # registers ALiBi2D
-        >>> vit = PosEncViT(arch='tiny', pos_encoding=dict(type='ALiBi2D'))
+        >>> vit = PosEncViT(arch='deit-tiny', pos_encoding=dict(type='ALiBi2D'))
         >>> vit(torch.rand(1, 3, 64, 96))[0].shape
         torch.Size([1, 192])
     """

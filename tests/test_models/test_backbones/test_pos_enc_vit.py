@@ -1,5 +1,6 @@
 """PosEncViT: the ViT body against timm, outputs, windows, options, checkpoints."""
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -9,21 +10,18 @@ from mmsape.models import PosEncViT
 from mmsape.models.backbones.pos_enc_vit import merge_windows, partition_windows
 from mmsape.models.pos_encodings import TokenGrid, registered_pos_encodings
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+from builders import tiny_vit
 
 
 def timm_vit(**kwargs) -> VisionTransformer:
-    """timm's ViT with the TINY arch, resampling its APE to any input size."""
+    """timm's ViT with :func:`tiny_vit`'s arch, resampling its APE to any input size."""
     args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.,
                 num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
     args.update(kwargs)
     return VisionTransformer(**args).eval()
 
 
-def mmsape_vit(**kwargs) -> PosEncViT:
-    args = dict(arch=TINY, img_size=32, patch_size=8, out_type='raw')
-    args.update(kwargs)
-    return PosEncViT(**args).eval()
+mmsape_vit = partial(tiny_vit, out_type='raw')
 
 
 def load_from_timm(model: PosEncViT, reference: VisionTransformer, tmp_path, keys=None):

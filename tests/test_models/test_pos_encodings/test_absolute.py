@@ -22,11 +22,11 @@ def backbone_args(base_grid=(4, 4), num_prefix_tokens=1, embed_dims=EMBED_DIMS):
                 num_prefix_tokens=num_prefix_tokens)
 
 
-def reference_resize(table, old_hw, new_hw):
-    """Resample a (1, H*W, C) table with F.interpolate directly (bicubic, antialias)."""
+def reference_resize(table, old_hw, new_hw, antialias=True):
+    """Resample a (1, H*W, C) table with F.interpolate directly (bicubic)."""
     channels = table.shape[-1]
     as_map = table.reshape(1, *old_hw, channels).permute(0, 3, 1, 2)
-    resized = F.interpolate(as_map, size=new_hw, mode='bicubic', antialias=True,
+    resized = F.interpolate(as_map, size=new_hw, mode='bicubic', antialias=antialias,
                             align_corners=False)
     return resized.permute(0, 2, 3, 1).reshape(1, -1, channels)
 
@@ -111,6 +111,42 @@ def test_learned_ape_rejects_prefix_count_mismatch_and_bad_options():
         ape.encode_tokens(torch.zeros(1, 2 + 16, EMBED_DIMS), TokenGrid(4, 4, num_prefix=2))
     with pytest.raises(ValueError, match='interpolation'):
         LearnedAPE(**backbone_args(), interpolation='cubic')
+    with pytest.raises(ValueError, match='antialias=False'):
+        LearnedAPE(**backbone_args(), interpolation='nearest')
+    assert LearnedAPE(**backbone_args(), interpolation='nearest', antialias=False)
+
+
+@pytest.mark.parametrize('antialias', [True, False])
+def test_learned_ape_antialias_covers_load_and_forward(antialias, logged):
+    """One setting for both resamplings: the checkpoint table to base_grid at load
+    (4x4 -> 6x3: grown and shrunk) and the table to each grid in the forward."""
+    torch.manual_seed(0)
+    table = torch.randn(1, 16, EMBED_DIMS)
+    ape = LearnedAPE(**backbone_args(base_grid=(6, 3), num_prefix_tokens=0),
+                     antialias=antialias)
+    ape.load_state_dict({'pos_embed': table})
+    loaded = reference_resize(table, (4, 4), (6, 3), antialias=antialias)
+    torch.testing.assert_close(ape.pos_embed.detach(), loaded)
+    assert f'antialias={antialias}' in logged[0]
+    out = ape.encode_tokens(torch.zeros(1, 2 * 5, EMBED_DIMS), TokenGrid(2, 5, num_prefix=0))
+    torch.testing.assert_close(out, reference_resize(loaded, (6, 3), (2, 5), antialias))
+    # The settings really differ (PyTorch's antialiased bicubic is PIL's kernel).
+    other = reference_resize(table, (4, 4), (6, 3), antialias=not antialias)
+    assert (other - loaded).abs().max() > 1e-2
+
+
+def test_learned_ape_zero_prefix_position_for_table_without_class_slot(logged):
+    """timm's no_embed_class: the source added no position to its prefix tokens."""
+    table = torch.randn(1, 16, EMBED_DIMS)
+    ape = LearnedAPE(**backbone_args(base_grid=(4, 4), num_prefix_tokens=1))
+    ape.load_state_dict({'pos_embed': table})
+    assert torch.equal(ape.prefix_pos_embed.detach(), torch.zeros(1, 1, EMBED_DIMS))
+    assert torch.equal(ape.pos_embed.detach(), table)
+    assert any('prefix_pos_embed to zero' in msg for msg in logged)
+    # A checkpoint that has its own prefix positions keeps them.
+    prefix = torch.randn(1, 1, EMBED_DIMS)
+    ape.load_state_dict({'pos_embed': table, 'prefix_pos_embed': prefix})
+    assert torch.equal(ape.prefix_pos_embed.detach(), prefix)
 
 
 def test_learned_ape_loads_square_checkpoint_of_other_grid(logged):

@@ -1,6 +1,8 @@
 # Demo: a small SaPE2 ViT + MultiLevelNeck + UPerNet, trained on CPU in minutes on
 # the generated ADE20K-format set (python tools/misc/generate_demo_data.py).
-# Same structure as configs/upernet/ (mmseg's DeiT-S UPerNet recipe), scaled down.
+# Same structure as configs/upernet/ (mmseg's DeiT-S UPerNet recipe), scaled down:
+# vit-96d4-p8 is a custom ViT of 96 channels and 4 blocks (3 heads) on 8-pixel
+# patches, not a ViT-T/S.
 _base_ = ['mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
 
@@ -123,7 +125,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2),
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)

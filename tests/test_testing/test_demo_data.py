@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsape.datasets import demo_data
-from mmsape.datasets.demo_data import (
+from mmsape.testing.demo_data import (
     DEMO_CLS_CLASSES,
     DEMO_DET_CLASSES,
     DEMO_SEG_CLASSES,
@@ -21,12 +20,14 @@ from mmsape.datasets.demo_data import (
     detection_disc_label,
     ensure_demo_data,
     generate_demo_data,
+    generator,
     is_demo_data_current,
     sample_classification_shapes,
     sample_detection_shapes,
     sample_segmentation_shapes,
     segmentation_pair_labels,
 )
+from mmsape.testing.demo_data import shapes as demo_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ('train', 'val')
@@ -106,7 +107,7 @@ def test_manifest_and_ensure(tmp_path, monkeypatch):
     ensure_demo_data(root, seed=3, num_train=4, num_val=2)
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     assert manifest['complete'] and manifest['seed'] == 3
-    assert manifest['version'] == demo_data.GENERATOR_VERSION
+    assert manifest['version'] == generator.GENERATOR_VERSION
     assert manifest['tasks']['coco']['num_images'] == {'train': 4, 'val': 2}
     assert is_demo_data_current(root, seed=3, num_train=4, num_val=2)
     assert not is_demo_data_current(root, seed=0, num_train=4, num_val=2)
@@ -116,7 +117,7 @@ def test_manifest_and_ensure(tmp_path, monkeypatch):
         raise AssertionError('regenerated up-to-date demo data')
 
     with monkeypatch.context() as patch:
-        patch.setattr(demo_data, '_generate', fail)
+        patch.setattr(generator, '_generate', fail)
         assert ensure_demo_data(root, seed=3, num_train=4, num_val=2) == root
 
     # Another seed or count regenerates, dropping files of the old run.
@@ -169,8 +170,8 @@ def test_image_sizes_are_varied_and_non_square(demo_root):
     for width, height in sizes:
         assert width != height
         assert 0.5 <= width / height <= 2.0
-        assert demo_data.MIN_SIDE <= min(width, height)
-        assert max(width, height) <= demo_data.MAX_SIDE
+        assert demo_shapes.MIN_SIDE <= min(width, height)
+        assert max(width, height) <= demo_shapes.MAX_SIDE
     assert len(set(sizes)) > len(sizes) // 2
     assert sum(w > h for w, h in sizes) > len(sizes) // 4  # both orientations
     assert sum(h > w for w, h in sizes) > len(sizes) // 4
@@ -254,7 +255,7 @@ def test_ade_layout_and_label_maps(demo_root):
     ade = demo_root / 'ade' / 'ADEChallengeData2016'
     num_classes = len(DEMO_SEG_CLASSES)
     assert tuple((demo_root / 'ade' / 'classes.txt').read_text().split()) == DEMO_SEG_CLASSES
-    assert len(demo_data.DEMO_SEG_PALETTE) == num_classes
+    assert len(demo_shapes.DEMO_SEG_PALETTE) == num_classes
     for split, count in (('train', 48), ('val', 16)):
         images = sorted((ade / 'images' / ADE_FOLDERS[split]).glob('*.jpg'))
         labels = sorted((ade / 'annotations' / ADE_FOLDERS[split]).glob('*.png'))
@@ -288,7 +289,7 @@ SWAPPED_BY_VFLIP = {'spot_top': 'spot_bottom', 'spot_bottom': 'spot_top'}
 def test_classification_rule_follows_layout(class_name):
     for index in range(50):
         rng = np.random.default_rng(index)
-        width, height = demo_data._sample_image_size(rng)
+        width, height = demo_shapes.sample_image_size(rng)
         shapes = sample_classification_shapes(rng, class_name, width, height)
         centers = [s.center for s in shapes]
         assert classification_layout_label(centers, height) == class_name
@@ -393,7 +394,7 @@ def test_detection_disc_category_follows_position(demo_root):
 def test_detection_and_segmentation_rules_flip():
     for index in range(30):
         rng = np.random.default_rng(index)
-        width, height = demo_data._sample_image_size(rng)
+        width, height = demo_shapes.sample_image_size(rng)
         for shape in sample_detection_shapes(rng, width, height):
             if shape.label in ('top_disc', 'bottom_disc'):
                 flipped = shape.vflipped(height)

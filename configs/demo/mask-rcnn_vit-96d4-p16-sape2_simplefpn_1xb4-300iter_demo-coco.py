@@ -1,9 +1,13 @@
-# Demo: a small ViTDet-style Mask R-CNN (SaPE2 ViT, window attention with a
-# global last block, SimpleFPN) trained on CPU in minutes on the generated
-# COCO-format set. Same structure as configs/mask_rcnn/, scaled down.
+# Demo: a small ViTDet-style Mask R-CNN (SaPE2 ViT, window attention with
+# global blocks, SimpleFPN) trained on CPU in minutes on the generated
+# COCO-format set. Same structure as configs/mask_rcnn/, scaled down: the
+# backbone is configs/_base_/models/vit-s16_vitdet.py shrunk to vit-96d4-p16, a
+# custom ViT of 96 channels and 4 blocks (3 heads) on 16-pixel patches with
+# windows of 8 x 8 tokens, trained from scratch.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/models/vit-s16_vitdet.py',
 ]
 custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
                       allow_failed_imports=False)
@@ -17,19 +21,17 @@ model = dict(
     # mmdet's Mask R-CNN, with the batch padding mask passed to the backbone (PEG)
     type='mmsape.PaddingAwareMaskRCNN',
     backbone=dict(
+        _base_.vitdet_backbone,
         _delete_=True,
-        type='mmsape.PosEncViT',
         arch=dict(embed_dims=embed_dims, num_layers=4, num_heads=3,
                   feedforward_channels=2 * embed_dims),
         img_size=(192, 384),
-        patch_size=16,
-        with_cls_token=False,
-        out_type='featmap',
         out_indices=(3, ),
         window_size=8,
         global_attn_indexes=(1, 3),
-        final_norm=False,
-        pos_encoding=dict(type='mmsape.SaPE2')),
+        drop_path_rate=0.,
+        pos_encoding=dict(type='mmsape.SaPE2'),
+        init_cfg=None),
     neck=dict(
         _delete_=True,
         type='mmsape.SimpleFPN',
@@ -108,7 +110,7 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 # progress bars, and torch's RNG state in checkpoints so a resumed run repeats an

@@ -1,6 +1,7 @@
 # Demo: a small SaPE2 ViT classifier on the generated ImageNet-style folders
 # (mmpretrain's CustomDataset), trainable on CPU in minutes. Same structure as
-# configs/vit_cls/ (DeiT-style recipe), scaled down.
+# configs/vit_cls/ (DeiT-style recipe), scaled down: vit-96d4-p8 is a custom
+# ViT of 96 channels and 4 blocks (3 heads) on 8-pixel patches, not a ViT-T/S.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmsape.models', 'mmsape.engine'], allow_failed_imports=False)
 
@@ -78,7 +79,7 @@ val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 # progress bars, and torch's RNG state in checkpoints so a resumed run repeats an

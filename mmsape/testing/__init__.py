@@ -1,0 +1,1 @@
+"""Helpers for demos and tests (generated demo datasets); registers nothing."""

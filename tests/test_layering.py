@@ -1,0 +1,128 @@
+"""mmsape's packages import only the ones below them (README, "Layout").
+
+Every module under ``mmsape/`` is parsed, and every import of an mmsape module
+is checked against the map: ``import`` / ``from ... import`` statements anywhere
+in the file (also inside functions), relative ones resolved, and
+``importlib.import_module`` / ``__import__`` calls with a literal name. Imports
+through the registries' ``locations`` (strings that MMEngine imports) are how the
+lower layers reach the upper ones, and are not imports here.
+"""
+import ast
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import pytest
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / 'mmsape'
+
+#: Top-level part of mmsape -> the parts it may import (besides itself and
+#: ``version``). ``apis`` is the top, ``registry`` and ``utils`` the bottom.
+MAY_IMPORT = {
+    'apis': {'analysis', 'models', 'engine', 'datasets', 'testing', 'ops', 'utils', 'registry'},
+    'analysis': {'models', 'ops', 'datasets', 'testing', 'utils', 'registry'},
+    'models': {'ops', 'utils', 'registry'},
+    'engine': {'utils', 'registry'},
+    'datasets': {'utils', 'registry'},
+    'testing': {'utils'},
+    'ops': {'utils'},
+    'utils': {'registry'},
+    'registry': set(),
+    'version': set(),
+    '': set(),  # mmsape/__init__.py
+}
+
+
+def module_name(path: Path) -> Tuple[str, bool]:
+    """``('mmsape.engine.hooks', True)`` for ``mmsape/engine/hooks/__init__.py``."""
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix('').parts
+    if parts[-1] == '__init__':
+        return '.'.join(parts[:-1]), True
+    return '.'.join(parts), False
+
+
+def part_of(module: str) -> Optional[str]:
+    """The top-level part of mmsape a dotted name belongs to; None outside mmsape."""
+    parts = module.split('.')
+    if parts[0] != 'mmsape':
+        return None
+    return parts[1] if len(parts) > 1 else ''
+
+
+def imported_modules(module: str, is_package: bool, source: str) -> Iterator[Tuple[int, str]]:
+    """``(line, dotted name)`` of every module that ``source`` imports."""
+    package = module if is_package else module.rpartition('.')[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - (node.level - 1)]
+                origin = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module
+            # ``from mmsape import models`` imports the module mmsape.models.
+            for alias in node.names:
+                yield node.lineno, f'{origin}.{alias.name}'
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and getattr(node.func, 'attr', getattr(node.func, 'id', None))
+              in ('import_module', '__import__')):
+            yield node.lineno, node.args[0].value
+
+
+def upward_imports(module: str, is_package: bool, source: str) -> List[str]:
+    """The imports in ``source`` that the map forbids, as ``'module:line -> name'``."""
+    own = part_of(module)
+    allowed = MAY_IMPORT[own] | {own, 'version'}
+    violations = []
+    for line, name in imported_modules(module, is_package, source):
+        target = part_of(name)
+        if target is not None and target not in allowed and name != 'mmsape.__version__':
+            violations.append(f'{module}:{line} -> {name}')
+    return violations
+
+
+def all_modules() -> List[Path]:
+    return sorted(PACKAGE_ROOT.rglob('*.py'))
+
+
+def test_every_part_of_the_package_is_on_the_map():
+    parts = {part_of(module_name(path)[0]) for path in all_modules()}
+    assert parts <= set(MAY_IMPORT), f'place {parts - set(MAY_IMPORT)} in MAY_IMPORT'
+
+
+def test_no_module_imports_a_layer_above_it():
+    violations = []
+    for path in all_modules():
+        module, is_package = module_name(path)
+        violations += upward_imports(module, is_package, path.read_text(encoding='utf-8'))
+    assert violations == []
+
+
+SYNTHETIC = '''
+import importlib
+from mmsape.registry import MODELS          # allowed for utils
+from . import atomic_io                     # allowed: utils itself
+
+def load():
+    from mmsape.models import PosEncViT     # inside a function
+    from .. import engine                   # relative, to mmsape.engine
+    from ..datasets.transforms import DataFileError
+    return importlib.import_module('mmsape.analysis')
+'''
+
+
+@pytest.mark.parametrize('module, is_package, expected', [
+    ('mmsape.utils.bad', False, ['mmsape.models.PosEncViT', 'mmsape.engine',
+                                 'mmsape.datasets.transforms.DataFileError',
+                                 'mmsape.analysis']),
+    ('mmsape.ops.sape2', False, ['mmsape.registry.MODELS', 'mmsape.models.PosEncViT',
+                                 'mmsape.engine', 'mmsape.datasets.transforms.DataFileError',
+                                 'mmsape.analysis']),
+    ('mmsape.apis.inference', False, []),  # the top may import everything
+])
+def test_the_check_finds_a_synthetic_violation(module, is_package, expected):
+    found = upward_imports(module, is_package, SYNTHETIC)
+    assert sorted(violation.split(' -> ')[1] for violation in found) == sorted(expected)
