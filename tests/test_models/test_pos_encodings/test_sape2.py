@@ -250,10 +250,12 @@ def test_chunked_equals_dense_forward_and_backward(distance, num_prefix):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_keeps_no_square_tensor_for_backward():
+@pytest.mark.parametrize('options', [dict(), dict(count_from='query', bias='lookup')],
+                         ids=['published', 'lookup'])
+def test_chunked_keeps_no_square_tensor_for_backward(options):
     grid = TokenGrid(8, 8, num_prefix=1)
     q, k, v = random_qkv(grid, batch=1, dtype=torch.float32, requires_grad=True)
-    sape = build_sape(impl='chunked', chunk_size=16, dtype=torch.float32)
+    sape = build_sape(impl='chunked', chunk_size=16, dtype=torch.float32, **options)
     saved_shapes = []
 
     def pack(tensor):
