@@ -185,9 +185,10 @@ def check_tokens_and_reference(parser, args, reference: str) -> None:
 
 
 def ratio_table(results: Dict[int, dict], cases: Sequence[str], labels: Dict[str, str],
-                reference: str, reference_name: str) -> str:
+                reference: str, reference_name: str, skip_reason: str = '') -> str:
     """Markdown table of :func:`ratio_row` per token count (a square grid) and case,
-    the ratios to the ``reference`` case of the same token count."""
+    the ratios to the ``reference`` case of the same token count; the rows of
+    skipped cases say so (with ``skip_reason``)."""
     versus = f'vs {reference_name}'
     lines = [f'| tokens (grid) | method | fwd ms | {versus} | fwd+bwd ms | {versus} | '
              f'fwd peak MiB | {versus} | fwd+bwd peak MiB | {versus} |',
@@ -195,7 +196,11 @@ def ratio_table(results: Dict[int, dict], cases: Sequence[str], labels: Dict[str
     for tokens, per_case in results.items():
         side = math.isqrt(tokens)
         for case in cases:
-            cells = ratio_row(per_case.get(case, {}), per_case.get(reference, {}))
+            row = per_case.get(case, {})
+            if SKIPPED in row:
+                cells = [f'skipped ({skip_reason})' if skip_reason else 'skipped', ''] + [''] * 6
+            else:
+                cells = ratio_row(row, per_case.get(reference, {}))
             lines.append(f'| {tokens} ({side}x{side}) | {labels[case]} | ' + ' | '.join(cells)
                          + ' |')
     return '\n'.join(lines)

@@ -78,6 +78,16 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
     'lookhere_window': ('LookHere LH-180, ViTDet windows', dict(type='LookHere')),
+    'query_distance': ("query-relative SaPE², distance, impl='auto'",
+                       dict(type='SaPE2', count_from='query')),
+    'lookup': ("query-relative SaPE², lookup, impl='auto'",
+               dict(type='SaPE2', count_from='query', bias='lookup')),
+    'lookup_fused': ("query-relative SaPE², lookup, impl='fused' (SDPA)",
+                     dict(type='SaPE2', count_from='query', bias='lookup', impl='fused')),
+    'lookup_peg': ("query-relative SaPE², lookup, + PEG",
+                   [dict(type='SaPE2', count_from='query', bias='lookup'), dict(type='PEG')]),
+    'lookup_window': ('query-relative SaPE², lookup, ViTDet windows',
+                      dict(type='SaPE2', count_from='query', bias='lookup')),
     'ape_compiled': ('learned APE, torch.compile', dict(type='LearnedAPE')),
     'sape2_compiled': ("SaPE² exact, impl='auto', torch.compile", dict(type='SaPE2')),
     'ape_window_compiled': ('learned APE, ViTDet windows, torch.compile',
@@ -91,8 +101,8 @@ WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cl
                       out_type='featmap')
 #: name -> extra PosEncViT arguments.
 BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
-                    'lookhere_window': WINDOW_OPTIONS, 'ape_window_compiled': WINDOW_OPTIONS,
-                    'sape2_window_compiled': WINDOW_OPTIONS}
+                    'lookhere_window': WINDOW_OPTIONS, 'lookup_window': WINDOW_OPTIONS,
+                    'ape_window_compiled': WINDOW_OPTIONS, 'sape2_window_compiled': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 

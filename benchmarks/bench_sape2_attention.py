@@ -15,6 +15,15 @@ head dim 64, batch 1) computed by:
   through the compiled kernel;
 * ``fused``: the squared-distance model by plain fused attention on augmented
   q and k (what ``impl='auto'`` picks for it off the compiled kernel);
+* ``query_distance``: query-relative SaPE² (``count_from='query'``) with the
+  published distance bias, through the compiled kernel;
+* ``lookup``: query-relative SaPE² with the lookup bias (``bias='lookup'``)
+  through its compiled CPU kernel (``impl='auto'`` on CPU);
+* ``lookup_python``: the same through the pure-PyTorch block kernel;
+* ``lookup_fused``: the same by plain fused attention on q and k augmented with
+  ``[s^x, s^y]`` and one-hot columns and rows (head dim + W + H);
+* ``lookup_flex``: the same through FlexAttention (``impl='flex'``; CUDA only,
+  as FlexAttention has no backward on CPU);
 * ``rope``: 2D RoPE (mixed), rotations of q and k, then SDPA;
 * ``peg``: SDPA plus PEG's depthwise 3x3 convolution over the layer's tokens
   (PEG acts between blocks; this is its per-layer cost).
@@ -56,7 +65,8 @@ from benchmarks._measure import (  # noqa: E402
     write_json,
 )
 
-METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused', 'rope',
+METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused',
+           'query_distance', 'lookup', 'lookup_python', 'lookup_fused', 'lookup_flex', 'rope',
            'peg')
 METHOD_LABELS = {
     'sdpa': 'plain SDPA (no PE)',
@@ -65,6 +75,11 @@ METHOD_LABELS = {
     'chunked_python': 'SaPE² exact, chunked (Python kernel)',
     'squared_chunked': 'SaPE² squared, chunked (compiled kernel: CPU / Triton)',
     'fused': 'SaPE² squared, fused (SDPA on augmented q/k)',
+    'query_distance': 'query-relative SaPE², distance, chunked (compiled kernel)',
+    'lookup': 'query-relative SaPE², lookup, chunked (compiled kernel)',
+    'lookup_python': 'query-relative SaPE², lookup, chunked (Python kernel)',
+    'lookup_fused': 'query-relative SaPE², lookup, fused (SDPA on augmented q/k)',
+    'lookup_flex': 'query-relative SaPE², lookup, FlexAttention',
     'rope': '2D RoPE mixed',
     'peg': 'PEG (SDPA + its 3x3 depthwise conv)',
 }
@@ -75,7 +90,14 @@ SAPE2_OPTIONS = {
     'chunked_python': dict(impl='chunked'),
     'squared_chunked': dict(impl='chunked', distance='squared'),
     'fused': dict(impl='fused', distance='squared'),
+    'query_distance': dict(impl='chunked', count_from='query'),
+    'lookup': dict(impl='chunked', count_from='query', bias='lookup'),
+    'lookup_python': dict(impl='chunked', count_from='query', bias='lookup'),
+    'lookup_fused': dict(impl='fused', count_from='query', bias='lookup'),
+    'lookup_flex': dict(impl='flex', count_from='query', bias='lookup'),
 }
+#: Methods that run through the Python kernel instead of the compiled one.
+PYTHON_KERNEL = ('chunked_python', 'lookup_python')
 EMBED_DIMS, NUM_HEADS = 384, 6
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
@@ -152,7 +174,7 @@ def make_case(method: str, tokens: int,
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
             encoded = module.after_block(0, tokens_in, grid)  # (1, N, C): split into heads
             return out + encoded.unflatten(-1, (NUM_HEADS, -1)).transpose(1, 2)
-        with python_kernel_only(method == 'chunked_python'):
+        with python_kernel_only(method in PYTHON_KERNEL):
             return module.attention(0, q, k, v, grid)
 
     def forward():
@@ -169,8 +191,14 @@ def make_case(method: str, tokens: int,
     return forward, forward_backward
 
 
+def skipped(method: str, tokens: int, args: argparse.Namespace) -> bool:
+    # FlexAttention has no backward on CPU (PyTorch).
+    return method == 'lookup_flex' and not args.device.startswith('cuda')
+
+
 def format_table(results: Results, methods: List[str]) -> str:
-    return ratio_table(results, methods, METHOD_LABELS, 'sdpa', 'SDPA')
+    return ratio_table(results, methods, METHOD_LABELS, 'sdpa', 'SDPA',
+                       skip_reason='CUDA only')
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -178,10 +206,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        print_memory_for_parent(make_case, args, args.methods)
+        print_memory_for_parent(make_case, args, args.methods, skipped)
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, make_case, args.methods, interleave=True)
+        args, argv, __file__, make_case, args.methods, interleave=True, skip=skipped)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '

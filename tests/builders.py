@@ -75,6 +75,15 @@ def kernel_factors(query_factors: list, key_factors: list, root: bool) -> tuple:
     return [torch.cat(query_factors, -1)], [torch.cat(key_factors, -1)], None
 
 
+def kernel_that_ran(out: torch.Tensor) -> str:
+    """The name of the ``torch.ops.mmsape`` operator whose autograd node made ``out``
+    (``'sape2_attention_cpu'``, ``'sape2_attention_python'``, ...)."""
+    prefix, suffix = 'GeneratedBackwardFor_mmsape_', '_defaultBackward'
+    name = out.grad_fn.name()
+    assert name.startswith(prefix) and name.endswith(suffix), name
+    return name[len(prefix):-len(suffix)]
+
+
 def load_tool(name: str) -> ModuleType:
     """``tools/analysis/<name>.py`` as a module, registered in ``sys.modules``
     under ``name`` as an import would."""

@@ -21,7 +21,7 @@ from mmsape.ops.sape2 import (
     squared_distance_factors,
 )
 
-from builders import kernel_factors
+from builders import kernel_factors, kernel_that_ran
 
 HEADS = 2
 HEAD_DIMS = 8
@@ -34,14 +34,6 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 #: The custom operators of the two kernels (see mmsape.ops.sape2.attention_autograd).
 PYTHON_KERNEL = 'sape2_attention_python'
 COMPILED_KERNEL = 'sape2_attention_cpu'
-
-
-def kernel_that_ran(out):
-    """The name of the operator whose autograd node made ``out``."""
-    prefix, suffix = 'GeneratedBackwardFor_mmsape_', '_defaultBackward'
-    name = out.grad_fn.name()
-    assert name.startswith(prefix) and name.endswith(suffix), name
-    return name[len(prefix):-len(suffix)]
 
 
 def random_qkv(grid, batch=2, dtype=torch.float64, seed=0, requires_grad=False):

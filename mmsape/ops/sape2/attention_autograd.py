@@ -1,57 +1,88 @@
 """The autograd formula shared by the custom operators of exact SaPE² attention.
 
-Every kernel of :func:`~.block_attention.sape2_block_attention` is a pair of
-PyTorch custom operators (``torch.library.custom_op``, namespace ``mmsape``),
-so that ``torch.compile`` traces it as one node without a graph break and
+Every kernel of :func:`~.block_attention.sape2_block_attention` and
+:func:`~.lookup_attention.lookup_block_attention` is a pair of PyTorch custom
+operators (``torch.library.custom_op``, namespace ``mmsape``), so that
+``torch.compile`` traces it as one node without a graph break and
 ``torch.export`` records one op:
 
-* the forward operator ``(q, k, v, query_factors, key_factors, floors, root,
-  sign, *options) -> (out, lse)``, ``lse`` the row log-sum-exp of the logits;
-* the backward operator ``(grad_out, q, k, v, out, lse, query_factors,
-  key_factors, floors, root, sign, *options) -> (grad_q, grad_k, grad_v,
-  grad_query_factors, grad_key_factors)``, which recomputes the probabilities
-  from ``lse``.
+* the forward operator ``(q, k, v, *bias_inputs, *options) -> (out, lse)``,
+  ``lse`` the row log-sum-exp of the logits; ``bias_inputs`` are tensors (or
+  lists of tensors, or None) that define the bias, e.g. the per-axis distance
+  factors and their floors;
+* the backward operator ``(grad_out, q, k, v, out, lse, *bias_inputs, *options)
+  -> (grad_q, grad_k, grad_v, *grad_bias_inputs)``, which recomputes the
+  probabilities from ``lse``.
 
 :func:`register_attention_autograd` connects the two.
 """
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+#: Per forward argument: None for a tensor (or None), the length of a list of tensors.
+_Structure = List[Optional[int]]
 
-def register_attention_autograd(forward_op, backward_op) -> None:
+
+def register_attention_autograd(forward_op, backward_op, num_tensor_args: int) -> None:
     """Make ``forward_op`` differentiable through ``backward_op``.
 
     Saved for backward: the inputs, the output and the row log-sum-exp, i.e.
     O(N) per head. ``lse`` is not differentiable (the kernels' backward has no
-    term for it); the floors get no gradient (they are a rounding threshold).
-    Not twice differentiable: the backward operator has no autograd formula.
+    term for it); inputs after the gradients ``backward_op`` returns (a rounding
+    floor) and the options get none. Not twice differentiable: the backward
+    operator has no autograd formula.
 
     Args:
         forward_op: A custom operator with the forward signature of the module
             docstring.
         backward_op: Its backward operator.
+        num_tensor_args (int): How many leading arguments of ``forward_op`` are
+            tensors or lists of tensors (q, k, v and the bias inputs); the
+            others are options, passed on to ``backward_op``.
     """
 
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
-        q, k, v, query_factors, key_factors, floors, root, sign, *options = inputs
         out, lse = output
         ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, out, lse, floors, *query_factors, *key_factors)
-        ctx.num_axes = len(query_factors)
-        ctx.arguments = (root, sign, *options)
+        tensors, ctx.structure = _flatten(inputs[:num_tensor_args])
+        ctx.save_for_backward(out, lse, *tensors)
+        ctx.options = inputs[num_tensor_args:]
 
     def backward(ctx: FunctionCtx, grad_out: Tensor, grad_lse: Optional[Tensor]) -> tuple:
-        q, k, v, out, lse, floors, *factors = ctx.saved_tensors
-        query_factors, key_factors = factors[:ctx.num_axes], factors[ctx.num_axes:]
-        grad_q, grad_k, grad_v, grad_query_factors, grad_key_factors = backward_op(
-            grad_out.contiguous(), q, k, v, out, lse, query_factors, key_factors, floors,
-            *ctx.arguments)
-        return (grad_q, grad_k, grad_v, grad_query_factors, grad_key_factors,
-                *[None] * (len(ctx.arguments) + 1))
+        out, lse, *tensors = ctx.saved_tensors
+        q, k, v, *bias_inputs = _unflatten(tensors, ctx.structure)
+        grads = backward_op(grad_out.contiguous(), q, k, v, out, lse, *bias_inputs,
+                            *ctx.options)
+        return (*grads, *[None] * (num_tensor_args - len(grads) + len(ctx.options)))
 
     forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def _flatten(arguments: Sequence) -> Tuple[list, _Structure]:
+    """Tensors (and Nones) of ``arguments``, lists unpacked, and how to repack them."""
+    flat, structure = [], []
+    for argument in arguments:
+        if isinstance(argument, (list, tuple)):
+            flat.extend(argument)
+            structure.append(len(argument))
+        else:
+            flat.append(argument)
+            structure.append(None)
+    return flat, structure
+
+
+def _unflatten(flat: Sequence, structure: _Structure) -> list:
+    arguments, start = [], 0
+    for length in structure:
+        if length is None:
+            arguments.append(flat[start])
+            start += 1
+        else:
+            arguments.append(list(flat[start:start + length]))
+            start += length
+    return arguments
 
 
 __all__ = ['register_attention_autograd']

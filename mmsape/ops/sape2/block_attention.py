@@ -272,7 +272,8 @@ def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sig
             [f.new_empty(f.shape) for f in key_factors])
 
 
-register_attention_autograd(sape2_attention_python_forward, sape2_attention_python_backward)
+register_attention_autograd(sape2_attention_python_forward, sape2_attention_python_backward,
+                            num_tensor_args=6)
 
 
 def _heads_first(tensor: Tensor) -> Tensor:

@@ -1,21 +1,31 @@
-"""The compiled CPU kernel of exact SaPE² attention (``csrc/sape2_attention_cpu.cpp``).
+"""The compiled CPU kernels of exact SaPE² attention (``csrc/``).
 
-For float32 CPU tensors: square tiles, one BLAS call per product and tile, the
-element-wise work (roots, online softmax, softmax backward, chain rule into the
-factors) fused into one vectorised pass per tile while it is in cache, and the
-distances of each pair of tiles computed once for both orientations (they are
-symmetric; the most expensive part of the bias). It is built with the PyTorch
-C++ extension tool the first time it is needed (about 40 s; cached in
-``TORCH_EXTENSIONS_DIR``). Set ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it
-cannot be built, a warning says why and the Python kernel of
-:mod:`.block_attention` runs instead, with the same results.
+For float32 CPU tensors, two kernels in one extension, both with square tiles,
+one BLAS call per product and tile and the element-wise work (online softmax,
+softmax backward, the bias and its chain rule) fused into one vectorised pass
+per tile while it is in cache:
 
-The kernel is registered as the PyTorch operators ``mmsape::sape2_attention_cpu``
-(forward: output and row log-sum-exp) and ``mmsape::sape2_attention_cpu_backward``,
-with fake implementations and autograd (:mod:`.attention_autograd`): ``torch.compile``
-traces it as one node, without a graph break, and ``torch.export`` records one op.
-Use it through :func:`~.block_attention.sape2_block_attention`, which picks
-the kernel for the inputs' device and dtype.
+* the distance bias (``csrc/sape2_attention_cpu.cpp``): the distances of each
+  pair of tiles computed once for both orientations (they are symmetric; the
+  most expensive part of the bias); the operators ``mmsape::sape2_attention_cpu``
+  (forward: output and row log-sum-exp) and ``mmsape::sape2_attention_cpu_backward``;
+* the lookup bias of query-relative SaPE² (``csrc/sape2_lookup_attention_cpu.cpp``):
+  ``s^x_i[x_n] + s^y_i[y_n]`` added to each logits tile by grid-row segments of
+  the keys; the operators ``mmsape::sape2_lookup_attention_cpu`` and
+  ``mmsape::sape2_lookup_attention_cpu_backward``.
+
+The extension is built with the PyTorch C++ extension tool the first time it
+is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``). Set
+``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning says
+why and the Python kernel of :mod:`.block_attention` runs instead, with the
+same results.
+
+The operators have fake implementations and autograd (:mod:`.attention_autograd`):
+``torch.compile`` traces them as single nodes, without a graph break, and
+``torch.export`` records one op. Use the kernels through
+:func:`~.block_attention.sape2_block_attention` and
+:func:`~.lookup_attention.lookup_block_attention`, which pick the kernel for
+the inputs' device and dtype.
 """
 import logging
 import os
@@ -32,8 +42,9 @@ from .attention_autograd import register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
-_CPU_KERNEL_SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc',
-                              'sape2_attention_cpu.cpp')
+_CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
+_CPU_KERNEL_SOURCES = [osp.join(_CSRC, name) for name in (
+    'pybind.cpp', 'sape2_attention_cpu.cpp', 'sape2_lookup_attention_cpu.cpp')]
 # The loaded extension, False once loading failed, None before the first try.
 _cpu_kernel = None
 
@@ -63,7 +74,8 @@ def load_cpu_kernel():
             load = _import_extension_loader()
             _cpu_kernel = load(
                 name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
-                sources=[_CPU_KERNEL_SOURCE],
+                sources=_CPU_KERNEL_SOURCES,
+                extra_include_paths=[_CSRC],
                 extra_cflags=['-O3'] + _CAPABILITY_FLAGS.get(capability, []),
                 verbose=False)
         except Exception as error:  # a missing compiler raises several kinds
@@ -144,7 +156,8 @@ def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sig
             [f.new_empty(f.shape) for f in key_factors])
 
 
-register_attention_autograd(sape2_attention_cpu_forward, sape2_attention_cpu_backward)
+register_attention_autograd(sape2_attention_cpu_forward, sape2_attention_cpu_backward,
+                            num_tensor_args=6)
 
 
 def sape2_attention_cpu(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
@@ -186,6 +199,55 @@ def _floor_table(floors: Optional[Tensor], q3: Tensor, num_axes: int) -> Tensor:
     return floors.detach().reshape(q3.shape[0], num_axes).contiguous()
 
 
+@torch.library.custom_op('mmsape::sape2_lookup_attention_cpu', mutates_args=(),
+                         device_types='cpu')
+def sape2_lookup_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
+                                       y_vectors: Tensor, height: int, width: int,
+                                       num_prefix: int) -> Tuple[Tensor, Tensor]:
+    """Query-relative SaPE² attention with the lookup bias through the compiled
+    CPU kernel: ``(out, lse)``; O(N) memory.
+
+    ``softmax(q k^T / sqrt(d) + bias) v`` with ``bias_in = s^x_i[x_n] + s^y_i[y_n]``
+    between patch tokens (0 in the rows and columns of the ``num_prefix``
+    prefix tokens). Use through :func:`~.lookup_attention.lookup_block_attention`.
+    """
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    out, lse = _loaded_kernel().lookup_forward(q3, k3, v3, x3, y3, height, width, num_prefix,
+                                               q.shape[-1]**-0.5)
+    return out.view(v.shape), lse.view(q.shape[:-1])
+
+
+@sape2_lookup_attention_cpu_forward.register_fake
+def _(q, k, v, x_vectors, y_vectors, height, width, num_prefix):
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+
+
+@torch.library.custom_op('mmsape::sape2_lookup_attention_cpu_backward', mutates_args=(),
+                         device_types='cpu')
+def sape2_lookup_attention_cpu_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        x_vectors: Tensor, y_vectors: Tensor, height: int, width: int,
+        num_prefix: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The lookup kernel's backward: gradients of q, k, v and of both SaPE vectors."""
+    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
+    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    grads = _loaded_kernel().lookup_backward(
+        grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
+        lse.reshape(out3.shape[:-1]).contiguous(), x3, y3, height, width, num_prefix,
+        q.shape[-1]**-0.5)
+    return tuple(g.view(t.shape) for g, t in zip(grads, (q, k, v, x_vectors, y_vectors)))
+
+
+@sape2_lookup_attention_cpu_backward.register_fake
+def _(grad_out, q, k, v, out, lse, x_vectors, y_vectors, height, width, num_prefix):
+    return tuple(t.new_empty(t.shape) for t in (q, k, v, x_vectors, y_vectors))
+
+
+register_attention_autograd(sape2_lookup_attention_cpu_forward,
+                            sape2_lookup_attention_cpu_backward, num_tensor_args=5)
+
+
 def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`~.block_attention.sape2_block_attention` runs (symmetric)
     inputs of this device and dtype through the compiled CPU kernel."""
@@ -193,4 +255,6 @@ def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 __all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
-           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward', 'uses_cpu_kernel']
+           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward',
+           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward',
+           'uses_cpu_kernel']
