@@ -18,6 +18,8 @@ from mmsape.ops.sape2 import (
     sape2_attention_cpu_forward,
     sape2_attention_python_backward,
     sape2_attention_python_forward,
+    sape2_lookup_attention_cpu_backward,
+    sape2_lookup_attention_cpu_forward,
     squared_distance_factors,
 )
 
@@ -79,6 +81,22 @@ def test_compiled_kernel_operators_pass_opcheck(root, compiled_kernel):
                           backward_args(sape2_attention_cpu_forward, args))
 
 
+def test_lookup_kernel_operators_pass_opcheck(compiled_kernel):
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, HEADS, GRID.num_tokens, HEAD_DIMS, generator=generator)
+               .requires_grad_() for _ in range(3))
+    x_vectors, y_vectors = (torch.randn(2, HEADS, GRID.num_patches, length, generator=generator)
+                            .requires_grad_() for length in (GRID.width, GRID.height))
+    layout = (GRID.height, GRID.width, GRID.num_prefix)
+    args = (q, k, v, x_vectors, y_vectors, *layout)
+    torch.library.opcheck(sape2_lookup_attention_cpu_forward, args)
+    detached = [t.detach() for t in args[:5]]
+    out, lse = sape2_lookup_attention_cpu_forward(*detached, *layout)
+    grad_out = torch.randn(out.shape, generator=generator)
+    torch.library.opcheck(sape2_lookup_attention_cpu_backward,
+                          (grad_out, *detached[:3], out, lse, *detached[3:], *layout))
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('root', [True, False], ids=['l2', 'squared'])
 def test_python_kernel_operators_pass_opcheck(root, dtype):
@@ -137,6 +155,12 @@ def test_export_records_one_operator(distance, compiled_kernel):
     # The exported program computes what the module does.
     inputs = [t.detach() for t in attention_inputs()]
     torch.testing.assert_close(exported.module()(*inputs), module(*inputs))
+
+
+def test_export_records_the_lookup_operator(compiled_kernel):
+    module = SaPE2Attention(count_from='query', bias='lookup', impl='chunked')
+    exported = torch.export.export(module, tuple(t.detach() for t in attention_inputs()))
+    assert mmsape_operators(exported) == ['mmsape.sape2_lookup_attention_cpu.default']
 
 
 def test_export_records_the_python_kernel_where_it_runs(monkeypatch):

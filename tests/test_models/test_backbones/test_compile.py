@@ -90,6 +90,9 @@ def test_every_encoding_compiled_matches_eager_forward_and_backward(encoding):
     dict(impl='chunked', distance='squared'),
     dict(impl='fused', distance='squared'),
     dict(impl='auto', distance='rms', layers=[1]),
+    dict(count_from='query'),
+    dict(count_from='query', bias='lookup'),
+    dict(count_from='query', bias='lookup', impl='fused'),
 ], ids=lambda options: '-'.join(f'{k}={v}' for k, v in options.items()))
 def test_sape2_paths_compile_without_graph_breaks(options):
     # fullgraph=True: a graph break would raise.
