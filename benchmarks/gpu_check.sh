@@ -123,22 +123,35 @@ if ! imports 'mmengine, mmdet, mmseg, mmpretrain, timm, pycocotools, ftfy'; then
     "${RUNTIME_WHEELS[@]}" >>"$LOG" 2>&1 || die "installing the wheels failed (see $LOG)"
   SETUP_NOTES+=("installed the wheels of $WHEELS")
 fi
+build_site() {  # setuptools<70 for mmcv's setup.py, once
+  [[ -d "$BUILD_SITE/setuptools" ]] || "$PYTHON" -m pip install -q --no-index --no-deps \
+    --target "$BUILD_SITE" "$WHEELS"/setuptools-*.whl >>"$LOG" 2>&1 \
+    || die "no setuptools<70 wheel in $WHEELS"
+}
 if ! imports mmcv.ops; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --target "$BUILD_SITE" \
-    "$WHEELS"/setuptools-*.whl >>"$LOG" 2>&1 || die "no setuptools<70 wheel in $WHEELS"
+  build_site
   say "building mmcv 2.1.0 with CPU ops ($NPROC jobs)"
   BUILD_START=$(date +%s)
   build_mmcv "$SITE" 0 "$NPROC" >>"$LOG" 2>&1 || die "building mmcv failed (see $LOG)"
   SETUP_NOTES+=("built mmcv 2.1.0 with CPU ops in $(( $(date +%s) - BUILD_START )) s")
 fi
+# mmcv with CUDA ops for the maskrcnn step: installed, built by an earlier run on
+# this machine, or built now in the background, in its own process group (ended
+# on exit), at low priority while the other steps run.
 MMCV_CUDA_BUILD=''
-if [[ " $STEPS " == *" maskrcnn "* ]] && ! "$PYTHON" tools/verify_env.py --only 'mmcv.ops (CUDA)' >/dev/null 2>&1; then
+if [[ "$(cat "$WORK/mmcv_cuda_build.rc" 2>/dev/null)" == 0 ]]; then
+  SETUP_NOTES+=("mmcv with CUDA ops: built by an earlier run ($CUDA_MMCV_SITE)")
+elif [[ " $STEPS " == *" maskrcnn "* ]] && ! "$PYTHON" tools/verify_env.py --only 'mmcv.ops (CUDA)' >/dev/null 2>&1; then
   if command -v nvcc >/dev/null || [[ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]]; then
-    say "building mmcv 2.1.0 with CUDA ops in the background (nice 19, $(( NPROC > 4 ? NPROC - 4 : 1 )) jobs)"
-    (nice -n 19 bash -c "$(declare -f build_mmcv); WHEELS='$WHEELS' BUILD_SITE='$BUILD_SITE' CUDA_ARCHS='$CUDA_ARCHS' PYTHON='$PYTHON' build_mmcv '$CUDA_MMCV_SITE' 1 $(( NPROC > 4 ? NPROC - 4 : 1 ))" \
-      >"$WORK/mmcv_cuda_build.log" 2>&1; echo $? >"$WORK/mmcv_cuda_build.rc") &
+    build_site
+    JOBS=$(( NPROC > 4 ? NPROC - 4 : 1 ))
+    say "building mmcv 2.1.0 with CUDA ops in the background (nice 19, $JOBS jobs)"
+    rm -f "$WORK/mmcv_cuda_build.rc"
+    setsid nice -n 19 bash -c "$(declare -f build_mmcv); WHEELS='$WHEELS' BUILD_SITE='$BUILD_SITE' CUDA_ARCHS='$CUDA_ARCHS' PYTHON='$PYTHON' build_mmcv '$CUDA_MMCV_SITE' 1 $JOBS; echo \$? >'$WORK/mmcv_cuda_build.rc'" \
+      >"$WORK/mmcv_cuda_build.log" 2>&1 &
     MMCV_CUDA_BUILD=$!
-    SETUP_NOTES+=("mmcv with CUDA ops was compiling in the background (nice 19) during the steps before maskrcnn")
+    trap '[[ -n "$MMCV_CUDA_BUILD" ]] && kill -- -"$MMCV_CUDA_BUILD" 2>/dev/null' EXIT
+    SETUP_NOTES+=("mmcv with CUDA ops was compiling in the background (nice 19, $JOBS jobs) during the steps before maskrcnn")
   else
     SETUP_NOTES+=("no nvcc: mmcv's CUDA ops cannot be built, the maskrcnn step is skipped")
   fi
@@ -206,19 +219,19 @@ if [[ " $STEPS " == *" maskrcnn "* ]]; then
   if [[ -n "$MMCV_CUDA_BUILD" ]]; then
     say "waiting for the background build of mmcv's CUDA ops"
     while kill -0 "$MMCV_CUDA_BUILD" 2>/dev/null && (( $(date +%s) < DEADLINE - 90 )); do sleep 5; done
-    if [[ "$(cat "$WORK/mmcv_cuda_build.rc" 2>/dev/null)" == 0 ]]; then
-      export PYTHONPATH="$CUDA_MMCV_SITE:$PYTHONPATH"
-    else
-      kill "$MMCV_CUDA_BUILD" 2>/dev/null
-      tail -n 30 "$WORK/mmcv_cuda_build.log" >>"$LOG"
-    fi
+    kill -- -"$MMCV_CUDA_BUILD" 2>/dev/null
+    MMCV_CUDA_BUILD=''
+    tail -n 30 "$WORK/mmcv_cuda_build.log" >>"$LOG"
+  fi
+  if [[ "$(cat "$WORK/mmcv_cuda_build.rc" 2>/dev/null)" == 0 ]]; then
+    export PYTHONPATH="$CUDA_MMCV_SITE:$PYTHONPATH"
   fi
   if "$PYTHON" tools/verify_env.py --only 'mmcv.ops (CUDA)' >>"$LOG" 2>&1; then
     run_step maskrcnn 150 60 "$PYTHON" benchmarks/bench_train_step.py --device cuda --amp \
       --iters 20 --batch 2 --size 1024 --json "$WORK/maskrcnn.json" "$MASKRCNN" "$MASKRCNN_SAPE2"
   else
     printf '\n## maskrcnn\n\nskipped: mmcv has no CUDA ops here (%s)\n' \
-      "$( [[ -n "$MMCV_CUDA_BUILD" ]] && echo "their build did not finish in time or failed; see gpu_check.log" || echo 'no nvcc, or the maskrcnn step was not asked for' )" >>"$REPORT"
+      "$( [[ -f "$WORK/mmcv_cuda_build.log" ]] && echo "their build did not finish in time or failed: the end of its log is in gpu_check.log" || echo 'no nvcc to build them' )" >>"$REPORT"
   fi
 fi
 run_step tools 300 120 "${PYTEST[@]}" tests/test_cuda/test_cuda_paths.py \
