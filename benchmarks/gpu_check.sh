@@ -21,7 +21,9 @@
 #   maskrcnn   the same for Mask R-CNN at 1024x1024, where mmcv's CUDA ops run
 #   tools      tests/test_cuda's tool runs: tools/train.py --amp, tools/dist_train.sh
 #              (NCCL), the benchmarks' --device cuda
-#   targets    the issue's targets as ratios measured in this run
+#   targets    the issue's targets as ratios measured in this run (for a measuring step
+#              not in GPU_CHECK_STEPS, from its last run on this machine: two runs on a
+#              machine that keeps work_dirs/ can split the work)
 # Everything goes to one file, $OUT/gpu_check.md (OUT defaults to work_dirs/gpu_check),
 # the full output to $OUT/gpu_check.log.
 #
@@ -82,7 +84,11 @@ fi
 
 mkdir -p "$OUT_DIR" "$WORK"
 : >"$LOG"
-rm -f "$WORK"/*.json  # results of an earlier run must not reach this run's targets
+# Results of an earlier run of a step run again must not reach this run's targets
+# (those of steps not run now stay: a second run can finish what the first left).
+for result in attention backbone upernet maskrcnn; do
+  [[ " $STEPS " == *" $result "* ]] && rm -f "$WORK/$result.json"
+done
 START=$(date +%s)
 
 # ------------------------------------------------------------------ set-up
