@@ -14,7 +14,9 @@ operators (``torch.library.custom_op``, namespace ``mmsape``), so that
   -> (grad_q, grad_k, grad_v, *grad_bias_inputs)``, which recomputes the
   probabilities from ``lse``.
 
-:func:`register_attention_autograd` connects the two.
+:func:`register_attention_autograd` connects the two;
+:func:`fake_attention_outputs` is what every forward operator returns for fake
+(meta) tensors.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -60,6 +62,12 @@ def register_attention_autograd(forward_op, backward_op, num_tensor_args: int) -
     forward_op.register_autograd(backward, setup_context=setup_context)
 
 
+def fake_attention_outputs(q: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    """A forward operator's ``(out, lse)`` for fake tensors: contiguous, like the
+    kernels' outputs, in the shapes and dtype of v and of q's rows."""
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+
+
 def _flatten(arguments: Sequence) -> Tuple[list, _Structure]:
     """Tensors (and Nones) of ``arguments``, lists unpacked, and how to repack them."""
     flat, structure = [], []
@@ -85,4 +93,4 @@ def _unflatten(flat: Sequence, structure: _Structure) -> list:
     return arguments
 
 
-__all__ = ['register_attention_autograd']
+__all__ = ['fake_attention_outputs', 'register_attention_autograd']

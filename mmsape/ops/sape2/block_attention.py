@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .attention_autograd import register_attention_autograd
+from .attention_autograd import fake_attention_outputs, register_attention_autograd
 from .functional import sape_bias
 from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
 from .sape2_attention_triton import MAX_HEAD_DIMS as TRITON_MAX_HEAD_DIMS
@@ -202,7 +202,7 @@ def sape2_attention_python_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
 
 @sape2_attention_python_forward.register_fake
 def _(q, k, v, query_factors, key_factors, floors, root, sign, block_size):
-    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+    return fake_attention_outputs(q, v)
 
 
 @torch.library.custom_op('mmsape::sape2_attention_python_backward', mutates_args=())

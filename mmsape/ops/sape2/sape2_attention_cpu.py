@@ -38,7 +38,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .attention_autograd import register_attention_autograd
+from .attention_autograd import fake_attention_outputs, register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
@@ -126,7 +126,7 @@ def sape2_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: 
 
 @sape2_attention_cpu_forward.register_fake
 def _(q, k, v, query_factors, key_factors, floors, root, sign):
-    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+    return fake_attention_outputs(q, v)
 
 
 @torch.library.custom_op('mmsape::sape2_attention_cpu_backward', mutates_args=(),
@@ -220,7 +220,7 @@ def sape2_lookup_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, x_vector
 
 @sape2_lookup_attention_cpu_forward.register_fake
 def _(q, k, v, x_vectors, y_vectors, height, width, num_prefix):
-    return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
+    return fake_attention_outputs(q, v)
 
 
 @torch.library.custom_op('mmsape::sape2_lookup_attention_cpu_backward', mutates_args=(),
