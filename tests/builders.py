@@ -1,18 +1,23 @@
-"""What several test files build: tiny ViTs and the command-line tools as modules.
+"""What several test files build: tiny ViTs, the command-line tools as modules,
+short runs of the demo configs.
 
 Test files are imported with ``--import-mode=importlib`` and cannot import each
 other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
 import this module as ``builders``.
 """
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Union
 
 import torch
+from mmengine.config import Config
 
 from mmsape.models import PosEncViT
+from mmsape.ops.sape2 import rounding_floor
+from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The default arch of :func:`tiny_vit`.
@@ -60,6 +65,25 @@ def tiny_vit(pos_encoding: Union[str, dict, list] = 'LearnedAPE',
     return model.train(train)
 
 
+def kernel_factors(query_factors: list, key_factors: list, root: bool) -> tuple:
+    """The factors and floors an exact SaPE² kernel takes for per-axis factors, as
+    ``SaPE2`` passes them: the axes with their rounding floors for distances
+    (``root``), else the axes concatenated into one, without floors."""
+    if root:
+        return (query_factors, key_factors,
+                torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1))
+    return [torch.cat(query_factors, -1)], [torch.cat(key_factors, -1)], None
+
+
+def kernel_that_ran(out: torch.Tensor) -> str:
+    """The name of the ``torch.ops.mmsape`` operator whose autograd node made ``out``
+    (``'sape2_attention_cpu'``, ``'sape2_attention_python'``, ...)."""
+    prefix, suffix = 'GeneratedBackwardFor_mmsape_', '_defaultBackward'
+    name = out.grad_fn.name()
+    assert name.startswith(prefix) and name.endswith(suffix), name
+    return name[len(prefix):-len(suffix)]
+
+
 def load_tool(name: str) -> ModuleType:
     """``tools/analysis/<name>.py`` as a module, registered in ``sys.modules``
     under ``name`` as an import would."""
@@ -69,3 +93,28 @@ def load_tool(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def short_run(config: str, iters: int, checkpoint_every: int) -> list:
+    """--cfg-options that shorten a demo config to ``iters`` iterations: the
+    warm-up (the config's LinearLR, found by type) to 2 iterations, the
+    schedulers that started after it to start after 2, those that ended with
+    training to end at ``iters``."""
+    cfg = Config.fromfile(ROOT / config)
+    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'default_hooks.checkpoint.interval={checkpoint_every}',
+               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
+    for index, scheduler in enumerate(cfg.param_scheduler):
+        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
+            options.append(f'param_scheduler.{index}.begin=2')
+        if scheduler.get('end') == cfg.train_cfg.max_iters:
+            options.append(f'param_scheduler.{index}.end={iters}')
+    return options
+
+
+def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, (result.stdout[-4000:] + '\n' + result.stderr[-6000:])
+    return result

@@ -1,19 +1,36 @@
 """The encodings every comparison covers, as backbone settings."""
 from typing import Dict, List, Tuple
 
+_QUERY_LOOKUP = dict(type='SaPE2', count_from='query', bias='lookup')
+_QUERY_DISTANCE = dict(type='SaPE2', count_from='query', bias='distance')
+_APE, _PEG = dict(type='LearnedAPE'), dict(type='PEG')
+
 #: name -> (``pos_encoding`` config, extra ``PosEncViT`` options). The order is
 #: the order of report tables.
 COMPARED_ENCODINGS: Dict[str, Tuple[object, dict]] = {
-    'APE': (dict(type='LearnedAPE'), {}),
+    'APE': (_APE, {}),
     'sin-cos': (dict(type='SinCos2DPositionEncoding'), {}),
     'RoPE axial': (dict(type='RoPE2D', mode='axial'), {}),
     'RoPE mixed': (dict(type='RoPE2D', mode='mixed'), {}),
+    # DINOv3's released recipe (configs/_base_/pos_encodings/rope_normalized.py).
+    'RoPE normalised': (dict(type='RoPE2D', normalize_coords='separate', theta=100.,
+                             rescale_coords=2.), {}),
+    # LH-180, the paper's default (configs/_base_/pos_encodings/lookhere.py).
+    'LookHere': (dict(type='LookHere', variant='LH-180', global_slope=2.,
+                      layer_slopes=(1.5, .5)), {}),
     'CoPE': (dict(type='CoPE1D'), {}),
-    'PEG': (dict(type='PEG'), {}),
-    'PEG+GAP': (dict(type='PEG'), dict(with_cls_token=False, out_type='avg_featmap')),
+    'PEG': (_PEG, {}),
+    'PEG+GAP': (_PEG, dict(with_cls_token=False, out_type='avg_featmap')),
     'SaPE2 query': (dict(type='SaPE2', embed_with='query'), {}),
     'SaPE2 key': (dict(type='SaPE2', embed_with='key'), {}),
-    'SaPE2+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2')], {}),
+    'SaPE2+APE': ([_APE, dict(type='SaPE2')], {}),
+    # Query-relative SaPE² (issue 12), SaPE2's defaults for each bias form.
+    'SaPE2 qrel lookup': (_QUERY_LOOKUP, {}),
+    'SaPE2 qrel distance': (_QUERY_DISTANCE, {}),
+    'SaPE2 qrel lookup+APE': ([_APE, _QUERY_LOOKUP], {}),
+    'SaPE2 qrel distance+APE': ([_APE, _QUERY_DISTANCE], {}),
+    'SaPE2 qrel lookup+PEG': ([_QUERY_LOOKUP, _PEG], {}),
+    'SaPE2 qrel distance+PEG': ([_QUERY_DISTANCE, _PEG], {}),
     'none': (dict(type='NoPositionEncoding'), {}),
 }
 

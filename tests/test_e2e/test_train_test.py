@@ -17,9 +17,11 @@ import pytest
 from mmengine.config import Config
 
 from mmsape.testing.demo_data import ensure_demo_data
-from mmsape.utils.config_entries import find_entry_index
+
+from builders import run_tool, short_run
 
 ROOT = Path(__file__).resolve().parents[2]
+# Also in tests/test_cuda (the same demo configs on a GPU).
 DEMO_CONFIGS = {
     'cls': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'accuracy/top1'),
     'seg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py', 'mIoU'),
@@ -32,31 +34,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope='module')
 def demo_root() -> Path:
     return ensure_demo_data(ROOT / 'data' / 'demo')
-
-
-def short_run(config: str, iters: int, checkpoint_every: int) -> list:
-    """--cfg-options that shorten a demo config to ``iters`` iterations: the
-    warm-up (the config's LinearLR, found by type) to 2 iterations, the
-    schedulers that started after it to start after 2, those that ended with
-    training to end at ``iters``."""
-    cfg = Config.fromfile(ROOT / config)
-    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
-    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-               f'default_hooks.checkpoint.interval={checkpoint_every}',
-               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
-    for index, scheduler in enumerate(cfg.param_scheduler):
-        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
-            options.append(f'param_scheduler.{index}.begin=2')
-        if scheduler.get('end') == cfg.train_cfg.max_iters:
-            options.append(f'param_scheduler.{index}.end={iters}')
-    return options
-
-
-def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, (result.stdout[-4000:] + '\n' + result.stderr[-6000:])
-    return result
 
 
 @pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))

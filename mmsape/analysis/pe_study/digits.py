@@ -6,7 +6,7 @@ import copy
 import functools
 import math
 import time
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -133,6 +133,57 @@ def param_groups(model: nn.Module, weight_decay: float) -> list:
             dict(params=no_decay, weight_decay=0.)]
 
 
+def fit_digits(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, seed: int,
+               augment: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
+               ) -> Tuple[float, float]:
+    """Train ``model`` with the study's recipe: AdamW 2e-3 (weight decay 0.05 on
+    the weight matrices, none on what the backbone declares in
+    ``no_weight_decay()``: :func:`param_groups`), one warm-up epoch then cosine,
+    label smoothing 0.1, gradient clipping at 1, batches of 32.
+
+    Args:
+        model (nn.Module): The classifier, e.g. :class:`DigitsViT`.
+        images (Tensor): ``(N, 1, H, W)`` training canvases.
+        labels (Tensor): ``(N, )`` classes.
+        epochs (int): Passes over the training set.
+        seed (int): Seed of the batch order (and of ``augment``).
+        augment (callable, optional): ``augment(images, generator)`` gives each
+            epoch's canvases, e.g. the digits at random places. Defaults to None.
+
+    Returns:
+        tuple[float, float]: Training seconds and the last batch's loss.
+    """
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3)
+    batch = 32
+    steps_per_epoch = math.ceil(len(labels) / batch)
+    total = epochs * steps_per_epoch
+    warmup = steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else
+        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    model.train()
+    for _ in range(epochs):
+        epoch_images = images if augment is None else augment(images, generator)
+        order = torch.randperm(len(labels), generator=generator)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            loss = F.cross_entropy(model(epoch_images[idx]), labels[idx], label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+    return time.time() - start, loss.item()
+
+
+def shift_anywhere(images: Tensor, generator: torch.Generator) -> Tensor:
+    """The 'shifted' training protocol's augmentation: every digit moved by up to
+    :data:`MAX_SHIFT` pixels per axis, i.e. anywhere on the canvas."""
+    return random_translate(images, MAX_SHIFT, generator)
+
+
 def train_digits(name: str, seed: int, epochs: int, quick: bool, data,
                  training: str = 'centred') -> dict:
     """Train one encoding on digits under a training protocol (one of
@@ -144,34 +195,13 @@ def train_digits(name: str, seed: int, epochs: int, quick: bool, data,
     pos_encoding, extra = COMPARED_ENCODINGS[name]
     model = DigitsViT(pos_encoding, extra, quick)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3)
-    batch = 32
-    steps_per_epoch = math.ceil(len(y_train) / batch)
-    total = epochs * steps_per_epoch
-    warmup = steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else
-        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    generator = torch.Generator().manual_seed(seed)
     start, start_cpu = time.time(), time.process_time()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            images = x_train[idx]
-            if training == 'shifted':
-                images = random_translate(images, MAX_SHIFT, generator)
-            loss = F.cross_entropy(model(images), y_train[idx], label_smoothing=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-    train_s, train_cpu_s = time.time() - start, time.process_time() - start_cpu
+    train_s, final_loss = fit_digits(model, x_train, y_train, epochs, seed,
+                                     shift_anywhere if training == 'shifted' else None)
+    train_cpu_s = time.process_time() - start_cpu
     model.eval()
     result = dict(encoding=name, seed=seed, training=training, params=params,
-                  train_s=train_s, train_cpu_s=train_cpu_s, final_loss=loss.item(), acc={},
+                  train_s=train_s, train_cpu_s=train_cpu_s, final_loss=final_loss, acc={},
                   pad_acc={}, shifted_acc={})
     for size in DIGIT_EVAL_SIZES:
         result['acc'][size_key(size)] = accuracy(model, resize_canvas(x_test, size), y_test)
