@@ -94,7 +94,7 @@ def test_seg_config_sets_the_resizes_by_type(tmp_path):
         assert loader.dataset.data_root.endswith('ade_frame_relation/ADEChallengeData2016')
     assert cfg.test_evaluator['type'] == 'mmsape.PerClassIoUMetric'
     assert [s['scale'] for s in seg_sizes()] == [1.0, 1.5, 2.0, 3.0]
-    assert (seg_sizes()[-1]['height'], seg_sizes()[-1]['width']) == (240, 480)
+    assert (seg_sizes()[-1]['height'], seg_sizes()[-1]['width']) == (480, 240)
     assert 'APE' in SEG_ENCODINGS and 'sin-cos' not in SEG_ENCODINGS
 
 
@@ -163,6 +163,13 @@ def test_goal_verdict_follows_the_numbers(goal_rows):
                                                             3.0: 40})))
     assert 'vs LookHere at 3x: lower (-10.0 points, spread 2.0)' in lower
     assert 'colour +0.0, frame -30.0, relation +0.0' in lower
+
+
+def test_one_seed_decides_nothing():
+    assert report._mark([52.], [50.]) == '+2.0 ?' and not report.beats([52.], [50.])
+    assert report._mark([52., 54.], [50., 50.]) == '+3.0 ▲'  # spread 1.41 + 0
+    assert report._mark([52., 50.], [50., 50.]) == '+1.0 ~'
+    assert 'one seed' in report._compare([52.], [50.])
 
 
 def test_goal_needs_every_row(goal_rows):
@@ -242,7 +249,10 @@ def test_quick_study_end_to_end(tmp_path):
     assert sorted({row['scale'] for row in seg[0]['sweep']}) == [1.0, 1.5]
     text = (out / 'README.md').read_text()
     assert 'Shifted training' in text and '**Not measured by this run**' in text
-    assert json.loads((out / 'run.json').read_text())['workers'] == 2
+    run = json.loads((out / 'run.json').read_text())
+    assert run['workers'] == 2
+    assert set(run['seg_data']['upper_half_share']['val']) >= {'spot_top', 'above_anchor'}
+    assert 'Share of the validation regions' in text
     (out / 'README.md').unlink()
     assert tool.main(['--part', 'report', '--out', str(out)]) == 0
     assert (out / 'README.md').read_text() == text

@@ -17,9 +17,10 @@ import argparse
 import json
 import os
 import os.path as osp
+import shlex
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 from mmsape.analysis.encodings import COMPARED_ENCODINGS as ENCODINGS
 from mmsape.analysis.pe_study import report
@@ -71,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: 1 seed, 2 encodings, tiny model, few steps')
     args = parser.parse_args(argv)
-    args.command = 'python tools/analysis/pe_study.py ' + ' '.join(
+    args.command = 'python tools/analysis/pe_study.py ' + shlex.join(
         argv if argv is not None else sys.argv[1:])
     base = QUICK_PROTOCOL if args.quick else FULL_PROTOCOL
     args.protocol = StudyProtocol(
@@ -94,10 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_record(args, wall_s: float) -> dict:
+def run_record(args, wall_s: float, seg_data: Optional[dict] = None) -> dict:
     """What the report says about the run (also saved as ``run.json``)."""
     return dict(command=args.command, wall_s=wall_s, workers=args.workers,
-                protocol=args.protocol.as_dict(), machine=report.machine())
+                protocol=args.protocol.as_dict(), machine=report.machine(),
+                seg_data=seg_data or {})
 
 
 def write_report(args, digits: List[dict], seg: List[dict], wall_s: float) -> str:
@@ -124,9 +126,11 @@ def main(argv=None) -> int:
     jobs = plan_jobs(args.protocol, args.encodings if with_digits else [],
                      args.seg_encodings if with_seg else [])
     paths = dict(root=ROOT, work_dir=osp.abspath(args.work_dir), seg_data='')
+    seg_data = {}
     if with_seg:
-        paths['seg_data'] = osp.abspath(prepare_seg_data(
-            args.data_root, args.protocol.seg_num_train, args.protocol.seg_num_val))
+        folder, seg_data = prepare_seg_data(args.data_root, args.protocol.seg_num_train,
+                                            args.protocol.seg_num_val)
+        paths['seg_data'] = osp.abspath(folder)
     print(f'{len(jobs)} jobs on {args.workers} worker(s), planned '
           f'{estimate_wall_s(jobs, args.protocol, args.workers) / 60:.0f} min', flush=True)
     results, failures = run_jobs(jobs, args.protocol, paths,
@@ -142,9 +146,10 @@ def main(argv=None) -> int:
         with open(osp.join(args.out, f'{part}_results.json'), 'w') as file:
             json.dump(part_results, file, indent=1)
     wall_s = time.time() - start
+    run = run_record(args, wall_s, seg_data)
     with open(osp.join(args.out, 'run.json'), 'w') as file:
-        json.dump(run_record(args, wall_s), file, indent=1)
-    print(write_report(args, digits, seg, wall_s))
+        json.dump(run, file, indent=1)
+    print(report.write_report(args.out, digits, seg, run))
     return 0
 
 

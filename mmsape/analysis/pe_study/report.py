@@ -77,16 +77,25 @@ def mean_std(values: Sequence[float], digits: int = 1) -> str:
 
 def spread_of(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
     """``(mean(a) - mean(b), std(a) + std(b))``: the difference and the seed
-    spread it is compared with (a crude, conservative test for few seeds)."""
+    spread it is compared with (a crude, conservative test for few seeds); the
+    spread is NaN unless both sides have two seeds or more."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    spread = (a.std(ddof=1) if len(a) > 1 else 0.) + (b.std(ddof=1) if len(b) > 1 else 0.)
+    spread = (a.std(ddof=1) + b.std(ddof=1)) if min(len(a), len(b)) > 1 else float('nan')
     return float(a.mean() - b.mean()), float(spread)
+
+
+def beats(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a`` is higher than ``b`` by more than the seed spread."""
+    diff, spread = spread_of(a, b)
+    return diff > spread  # False for a NaN spread
 
 
 def _compare(a: Sequence[float], b: Sequence[float]) -> str:
     """'higher' / 'lower' when the means differ by more than the two stds
     together, else 'within seed noise'."""
     diff, spread = spread_of(a, b)
+    if math.isnan(spread):
+        return f'undecided ({diff:+.1f} points; one seed, no spread)'
     if abs(diff) <= spread:
         return f'within seed noise ({diff:+.1f} points, spread {spread:.1f})'
     return f'{"higher" if diff > 0 else "lower"} ({diff:+.1f} points, spread {spread:.1f})'
@@ -95,11 +104,14 @@ def _compare(a: Sequence[float], b: Sequence[float]) -> str:
 def _mark(a: Sequence[float], b: Sequence[float]) -> str:
     """A table cell: the difference and ▲ / ▼ beyond the spread, ~ within it."""
     diff, spread = spread_of(a, b)
+    if math.isnan(spread):
+        return f'{diff:+.1f} ?'
     return f'{diff:+.1f} {"~" if abs(diff) <= spread else "▲" if diff > 0 else "▼"}'
 
 
 MARK_LEGEND = ('▲ / ▼: higher / lower than the column\'s encoding by more than the sum of '
-               'the two seed standard deviations; ~: within it (not evidence either way).')
+               'the two seed standard deviations; ~: within it (not evidence either way); '
+               '?: one seed, no spread to compare with.')
 
 
 def scale_label(scale: float) -> str:
@@ -162,7 +174,7 @@ def ranking(results: List[dict], values: Callable[[str], List[float]]) -> str:
         text = f'{name} {np.nanmean(values(name)):.1f}'
         if index + 1 < len(names):
             diff, spread = spread_of(values(name), values(names[index + 1]))
-            text += ' >' if diff > spread else ' ≈'
+            text += ' ?' if math.isnan(spread) else ' >' if diff > spread else ' ≈'
         parts.append(text)
     return ' '.join(parts)
 
@@ -204,9 +216,10 @@ def goal_section(results: List[dict]) -> List[str]:
         if missing:
             what.append(f'no {", ".join(missing)} row')
         if len(scales) < len(GOAL_SCALES):
-            what.append('not every goal scale')
-        lines += [f'**Not measured by this run**: it has {"; ".join(what)} '
-                  f'(rows come from `mmsape.analysis.encodings.COMPARED_ENCODINGS`).', '']
+            what.append(f'no test at {" and ".join(map(scale_label, GOAL_SCALES))}')
+        lines += [f'**Not measured by this run**: it has {"; ".join(what)} (rows come '
+                  f'from `mmsape.analysis.encodings.COMPARED_ENCODINGS`, sizes from the '
+                  f'protocol).', '']
         if not candidates or not baselines or not scales:
             return lines
     head = ('| query-relative SaPE² | ' + ' | '.join(
@@ -214,15 +227,14 @@ def goal_section(results: List[dict]) -> List[str]:
     table = [head, '|' + '---|' * (head.count('|') - 1)]
     verdicts = {}
     for name in candidates:
-        cells, beats = [], True
+        cells, won = [], True
         for scale in scales:
             for base in baselines:
                 mine = seg_values(results, name, scale, 'mIoU')
                 theirs = seg_values(results, base, scale, 'mIoU')
-                diff, spread = spread_of(mine, theirs)
-                beats &= diff > spread
+                won &= beats(mine, theirs)
                 cells.append(_mark(mine, theirs))
-        verdicts[name] = beats and not missing
+        verdicts[name] = won and not missing
         table.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     lines += table + ['', MARK_LEGEND, '']
     winners = [n for n, won in verdicts.items() if won]
@@ -240,8 +252,7 @@ def goal_section(results: List[dict]) -> List[str]:
             for base in baselines:
                 mine = seg_values(results, best, scale, 'mIoU')
                 theirs = seg_values(results, base, scale, 'mIoU')
-                diff, spread = spread_of(mine, theirs)
-                if diff > spread:
+                if beats(mine, theirs):
                     continue
                 groups = ', '.join(f'{group} {group_diff:+.1f}' for group, group_diff in (
                     (group, spread_of(seg_values(results, best, scale, group),
@@ -252,6 +263,23 @@ def goal_section(results: List[dict]) -> List[str]:
                              f'{groups}.')
     lines.append('')
     return lines
+
+
+def seg_data_lines(stats: dict) -> List[str]:
+    """What the set's manifest says about how far the image frame alone names
+    each layout class."""
+    share = stats.get('upper_half_share', {}).get('val')
+    if not share:
+        return []
+    cells = ', '.join(f'{name} {share[name]:.2f}' for group in ('frame', 'relation')
+                      for name in SEG_CLASS_GROUPS[group] if name in share)
+    return [f'Share of the validation regions of each layout class centred in the upper '
+            f'half of their image (from the set\'s manifest): {cells}. 1 and 0 for the '
+            f'frame-defined classes by definition; near 0.5 for both relation-defined ones '
+            f'by construction, so that the frame cannot name them (the README demo\'s '
+            f'`upper_blob` / `lower_blob`, pair members defined relative to each other, are '
+            f'mostly named by the frame: see `upper_half_share` in its manifest).',
+            '']
 
 
 def seg_findings(results: List[dict]) -> List[str]:
@@ -593,8 +621,9 @@ def protocol_lines(run: dict, digits: List[dict], seg: List[dict]) -> List[str]:
         f'- wall time: {run["wall_s"] / 60:.1f} min (planned from the measured costs: '
         f'{estimate:.1f} min); CPU time of the trainings and measurements: digits '
         f'{cpu["digits"]:.1f} min, segmentation {cpu["segmentation"]:.1f} min{quick}',
-        f'- digits: seeds {list(protocol["digits_seeds"])}, {protocol["digits_epochs"]} '
-        f'epochs, training protocols {list(protocol["training_protocols"])}',
+        f'- digits: seeds {list(protocol["digits_seeds"])}, epochs: '
+        f'{protocol["digits_epochs"]}, training protocols '
+        f'{list(protocol["training_protocols"])}',
         f'- segmentation: seeds {list(protocol["seg_seeds"])}, {protocol["seg_iters"]} '
         f'iterations (batch 4), {protocol["seg_num_train"]} training / '
         f'{protocol["seg_num_val"]} validation images', '',
@@ -626,15 +655,17 @@ def write_report(out_dir: str, digits: List[dict], seg: List[dict], run: dict) -
             f'Setup: `{SEG_CONFIG}` (ViT 96-d, 4 blocks, 3 heads, patch 8, MultiLevelNeck + '
             f'UPerNet) with `pos_encoding` swapped, trained through MMEngine\'s Runner '
             f'(batch 4, AdamW 1e-3, linear warm-up then poly decay, random resize 0.8-1.2 '
-            f'into a {SEG_BASE[1]}x{SEG_BASE[0]} box keeping the aspect ratio, horizontal '
-            f'flips, photometric distortion; APE table {SEG_BASE[0] // 8}x'
-            f'{SEG_BASE[1] // 8}) on the demo data variant `{SEG_DATA_VARIANT}` '
-            f'(`mmsape.testing.demo_data`; classes by group: {groups}). Tested without '
+            f'into a {max(SEG_BASE)}x{min(SEG_BASE)} box keeping the aspect ratio, '
+            f'horizontal flips, photometric distortion; backbone `img_size` {SEG_BASE} '
+            f'(H, W): APE table {SEG_BASE[0] // 8}x{SEG_BASE[1] // 8}) on the demo data '
+            f'variant `{SEG_DATA_VARIANT}` (`mmsape.testing.demo_data`: tall images, '
+            f'height / width 1.5 to 2; classes by group: {groups}). Tested without '
             f'fine-tuning with each validation image scaled, keeping its aspect ratio, to '
             f'1x, 1.5x, 2x and 3x its training size (`evaluate_at_sizes(keep_ratio=True)`; '
             f'IoU by `mmsape.PerClassIoUMetric`, predictions resized back to the label '
             f'maps). Mean ± std over seeds; drops are per seed. Rows the digits part has '
             f'but this part leaves out, for time: {", ".join(DIGITS_ONLY)}.', '',
+            *seg_data_lines(run.get('seg_data', {})),
             '**mIoU (all classes)**:', '', seg_table(seg, 'mIoU'), '']
         for group in SEG_CLASS_GROUPS:
             parts += [f'**{group.capitalize()}-defined classes** (mean IoU of '
@@ -659,7 +690,7 @@ def write_report(out_dir: str, digits: List[dict], seg: List[dict], run: dict) -
             f'/ 450 test); ViT {"32-d, 2 blocks" if quick else "64-d, 4 blocks, 4 heads"}, '
             f'patch {PATCH}, class token (GAP for PEG+GAP); AdamW lr 2e-3, wd 0.05 on '
             f'weight matrices except what the backbone declares in `no_weight_decay()`, '
-            f'batch 32, {run["protocol"]["digits_epochs"]} epochs, 1 warm-up epoch + '
+            f'batch 32, epochs: {run["protocol"]["digits_epochs"]}, 1 warm-up epoch + '
             f'cosine, label smoothing 0.1. Two training protocols: **centred** (every '
             f'digit in the middle of the canvas) and **shifted** (every training digit '
             f'moved by its own random offset of up to {MAX_SHIFT} pixels per axis, drawn '

@@ -7,6 +7,7 @@ scored for equivariance (see :mod:`mmsape.analysis.pe_study`)."""
 import copy
 import os.path as osp
 import time
+from typing import Tuple
 
 from mmengine.config import Config
 
@@ -18,6 +19,7 @@ from mmsape.testing.demo_data import (
     FRAME_RELATION_SEG_GROUPS,
     FRAME_RELATION_SEG_PALETTE,
     ensure_demo_data,
+    read_demo_manifest,
 )
 from mmsape.utils.config_entries import find_entry
 
@@ -27,7 +29,11 @@ from mmsape.utils.config_entries import find_entry
 #: alone and with APE. A new row of ``COMPARED_ENCODINGS`` runs in both parts.
 DIGITS_ONLY = ('sin-cos', 'RoPE axial', 'CoPE', 'PEG+GAP', 'SaPE2 key')
 SEG_ENCODINGS = tuple(name for name in COMPARED_ENCODINGS if name not in DIGITS_ONLY)
-SEG_BASE = (80, 160)  # (H, W) box the segmenter is trained at (keep ratio, 1:2..2:1 images)
+#: (H, W) the segmenter is trained at: the study set's images are tall (height /
+#: width 1.5..2), resized keeping their aspect ratio into this box (mmcv's box is
+#: orientation-free: long side <= 160, short <= 80) they are 120..160 x 80 pixels,
+#: and the APE table is this grid (20 x 10 patches).
+SEG_BASE = (160, 80)
 #: The extrapolation protocol: each validation image at 1x, 1.5x, 2x and 3x its
 #: training size (its aspect ratio kept, like the training resize).
 SEG_SCALES = (1.0, 1.5, 2.0, 3.0)
@@ -49,12 +55,16 @@ def seg_sizes(quick: bool = False) -> list:
             for s in scales]
 
 
-def prepare_seg_data(data_root: str, num_train: int, num_val: int) -> str:
+def prepare_seg_data(data_root: str, num_train: int, num_val: int) -> Tuple[str, dict]:
     """Generate the study's segmentation set under ``data_root`` unless up to
-    date; return the folder the configs read (``<data_root>/SEG_DATA_FOLDER``)."""
+    date. Returns the folder the configs read (``<data_root>/SEG_DATA_FOLDER``)
+    and the set's statistics from its manifest (per split and class: regions and
+    their share centred in the upper half of the image)."""
     ensure_demo_data(data_root, seed=0, num_train=num_train, num_val=num_val,
                      variant=SEG_DATA_VARIANT)
-    return osp.join(data_root, SEG_DATA_FOLDER)
+    task = read_demo_manifest(data_root, SEG_DATA_VARIANT)['tasks'][SEG_DATA_FOLDER.split('/')[0]]
+    stats = {key: task[key] for key in ('num_shapes', 'upper_half_share')}
+    return osp.join(data_root, SEG_DATA_FOLDER), stats
 
 
 def seg_config(name: str, seed: int, iters: int, work_dir: str, root: str,
