@@ -44,7 +44,8 @@ def size_key(size: Tuple[int, int]) -> str:
 
 @functools.lru_cache(maxsize=2)
 def digits_canvases(seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train / test canvases ``(N, 1, CANVAS, CANVAS)`` in [-1, 1] and labels (fixed split)."""
+    """Train / test canvases ``(N, 1, CANVAS, CANVAS)`` in [-1, 1] and labels (fixed
+    split). Cached per process (every job of a worker reuses them): read only."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     digits = load_digits()
