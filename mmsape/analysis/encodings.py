@@ -23,7 +23,9 @@ COMPARED_ENCODINGS: Dict[str, Tuple[object, dict]] = {
     'PEG+GAP': (_PEG, dict(with_cls_token=False, out_type='avg_featmap')),
     'SaPE2 query': (dict(type='SaPE2', embed_with='query'), {}),
     'SaPE2 key': (dict(type='SaPE2', embed_with='key'), {}),
-    'SaPE2+APE': ([_APE, dict(type='SaPE2')], {}),
+    # The authors' configuration: every model of their code has a learned APE,
+    # and their optimizer decays the SaPE² tables (it exempts pos_embed, cls_token).
+    'SaPE2+APE': ([_APE, dict(type='SaPE2', decay_tables=True)], {}),
     # Query-relative SaPE² (issue 12), SaPE2's defaults for each bias form.
     'SaPE2 qrel lookup': (_QUERY_LOOKUP, {}),
     'SaPE2 qrel distance': (_QUERY_DISTANCE, {}),
