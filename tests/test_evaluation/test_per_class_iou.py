@@ -51,7 +51,9 @@ def evaluate(metric, data_samples) -> dict:
 def test_per_class_iou_matches_hand_count_and_mmseg():
     from mmsape.registry import METRICS
     data_samples = samples(0)
-    results = evaluate(METRICS.build(dict(type='PerClassIoUMetric')), data_samples)
+    # The scoped name, as configs of any toolbox write it: an unscoped name would
+    # depend on whichever default scope an earlier Runner in this process left.
+    results = evaluate(METRICS.build(dict(type='mmsape.PerClassIoUMetric')), data_samples)
     expected = hand_iou(data_samples)
     for name, value in zip(CLASSES[:3], expected[:3]):
         assert results[f'IoU.{name}'] == pytest.approx(value, abs=0.005)
