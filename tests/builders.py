@@ -1,18 +1,24 @@
-"""What several test files build: tiny ViTs and the command-line tools as modules.
+"""What several test files build: tiny ViTs, the command-line tools as modules,
+the commands of short training runs, and the checks of the pictures they draw.
 
 Test files are imported with ``--import-mode=importlib`` and cannot import each
 other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
 import this module as ``builders``.
 """
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Union
+from typing import Optional, Tuple, Union
 
+import mmcv
+import numpy as np
 import torch
+from mmengine.config import Config
 
 from mmsape.models import PosEncViT
+from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The default arch of :func:`tiny_vit`.
@@ -69,3 +75,49 @@ def load_tool(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def short_run(config: str, iters: int, checkpoint_every: int) -> list:
+    """--cfg-options that shorten a demo config to ``iters`` iterations: the
+    warm-up (the config's LinearLR, found by type) to 2 iterations, the
+    schedulers that started after it to start after 2, those that ended with
+    training to end at ``iters``."""
+    cfg = Config.fromfile(ROOT / config)
+    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'default_hooks.checkpoint.interval={checkpoint_every}',
+               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
+    for index, scheduler in enumerate(cfg.param_scheduler):
+        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
+            options.append(f'param_scheduler.{index}.begin=2')
+        if scheduler.get('end') == cfg.train_cfg.max_iters:
+            options.append(f'param_scheduler.{index}.end={iters}')
+    return options
+
+
+def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root; fails the test with its output
+    unless it succeeds."""
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, (result.stdout[-4000:] + '\n' + result.stderr[-6000:])
+    return result
+
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def open_picture(path: Union[str, Path], size: Optional[Tuple[int, int]] = None,
+                 png: bool = True) -> np.ndarray:
+    """The RGB pixels of a picture, asserting it is a PNG (unless ``png`` is
+    False) that decodes to ``size`` = (width, height) when given."""
+    path = Path(path)
+    assert path.is_file(), f'{path} was not written'
+    if png:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, f'{path} is not a PNG file'
+    image = mmcv.imread(str(path), channel_order='rgb')
+    assert image is not None and image.ndim == 3, f'{path} does not decode to a colour image'
+    if size is not None:
+        assert (image.shape[1], image.shape[0]) == tuple(size), (
+            f'{path} is {image.shape[1]}x{image.shape[0]}, expected {size[0]}x{size[1]}')
+    return image

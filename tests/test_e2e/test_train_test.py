@@ -17,7 +17,8 @@ import pytest
 from mmengine.config import Config
 
 from mmsape.testing.demo_data import ensure_demo_data
-from mmsape.utils.config_entries import find_entry_index
+
+from builders import run_tool, short_run
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = {
@@ -34,31 +35,6 @@ def demo_root() -> Path:
     return ensure_demo_data(ROOT / 'data' / 'demo')
 
 
-def short_run(config: str, iters: int, checkpoint_every: int) -> list:
-    """--cfg-options that shorten a demo config to ``iters`` iterations: the
-    warm-up (the config's LinearLR, found by type) to 2 iterations, the
-    schedulers that started after it to start after 2, those that ended with
-    training to end at ``iters``."""
-    cfg = Config.fromfile(ROOT / config)
-    warmup = find_entry_index(cfg.param_scheduler, 'LinearLR')
-    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-               f'default_hooks.checkpoint.interval={checkpoint_every}',
-               'default_hooks.logger.interval=1', f'param_scheduler.{warmup}.end=2']
-    for index, scheduler in enumerate(cfg.param_scheduler):
-        if scheduler.get('begin') == cfg.param_scheduler[warmup].end:
-            options.append(f'param_scheduler.{index}.begin=2')
-        if scheduler.get('end') == cfg.train_cfg.max_iters:
-            options.append(f'param_scheduler.{index}.end={iters}')
-    return options
-
-
-def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, (result.stdout[-4000:] + '\n' + result.stderr[-6000:])
-    return result
-
-
 @pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
 def test_train_then_test_gives_metric(task, demo_root, tmp_path):
     config, metric = DEMO_CONFIGS[task]
@@ -69,8 +45,8 @@ def test_train_then_test_gives_metric(task, demo_root, tmp_path):
     checkpoint = tmp_path / 'iter_4.pth'
     assert checkpoint.is_file()
     out = tmp_path / 'metrics.json'
-    run_tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test', '--out', out,
-             *(['--cfg-options', *test_options] if test_options else []))
+    run_tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test',
+             '--metrics-out', out, *(['--cfg-options', *test_options] if test_options else []))
     metrics = json.loads(out.read_text())
     assert metric in metrics and math.isfinite(metrics[metric])
 
@@ -133,7 +109,7 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
     out = tmp_path / 'metrics.json'
     result = subprocess.run(
         [*torchrun, 'tools/test.py', config, str(tmp_path / 'iter_4.pth'), '--launcher',
-         'pytorch', '--work-dir', str(tmp_path / 'test'), '--out', str(out)],
+         'pytorch', '--work-dir', str(tmp_path / 'test'), '--metrics-out', str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert math.isfinite(json.loads(out.read_text())[metric])
