@@ -35,7 +35,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-dir', default='outputs', help='where the drawings go')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: draw instances scored at least this')
+                        help='detection: draw the instances scored above this')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: how many classes to show')
     return parser.parse_args(argv)
@@ -67,10 +67,11 @@ def describe(prediction, classes: Optional[Sequence[str]], score_thr: float,
 
     if 'pred_instances' in prediction:
         instances = prediction.pred_instances
-        kept = instances[instances.scores >= score_thr]
+        # those drawn: mmdet's visualizer keeps the scores above the threshold
+        kept = instances[instances.scores > score_thr]
         found = ', '.join(f'{name(int(label))} {float(score):.2f}'
                           for label, score in zip(kept.labels, kept.scores))
-        return f'{len(kept)} instances scored >= {score_thr}' + (f': {found}' if found else '')
+        return f'{len(kept)} instances scored above {score_thr}' + (f': {found}' if found else '')
     if 'pred_sem_seg' in prediction:
         label_map = prediction.pred_sem_seg.data.flatten()
         counts = label_map.bincount()

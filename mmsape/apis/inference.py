@@ -19,7 +19,6 @@ import mmcv
 import numpy as np
 from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmengine.config import Config
-from mmengine.infer import BaseInferencer
 from mmengine.registry import DefaultScope
 from mmengine.structures import BaseDataElement
 from mmpretrain.apis import ImageClassificationInferencer
@@ -156,7 +155,7 @@ def build_inferencer(config: ConfigType,
         return ImageClassificationInferencer(cfg, pretrained=checkpoint, device=device)
 
 
-def _inferencer_config(inferencer: BaseInferencer) -> Config:
+def _inferencer_config(inferencer: Inferencer) -> Config:
     # mmengine's inferencers keep it in ``cfg``, mmpretrain's in ``config``.
     return getattr(inferencer, 'cfg', None) or inferencer.config
 
@@ -172,7 +171,7 @@ def predict_and_draw(inferencer: Inferencer,
     draw the prediction on it with the toolbox's visualizer.
 
     The drawing, at the image's own size, shows the instances' masks, boxes,
-    classes and scores at or above ``pred_score_thr`` (detection), the class
+    classes and scores above ``pred_score_thr`` (detection), the class
     map with class names at ``seg_opacity`` (segmentation), or the ``topk``
     classes and their scores (classification; images whose short side is
     below ``min_cls_size`` are enlarged to it so that the text fits).

@@ -24,7 +24,7 @@ def demo_data() -> Path:
 @pytest.fixture(scope='session')
 def trained_demo(demo_data, tmp_path_factory) -> Callable[[str], Tuple[str, Path]]:
     """``trained_demo(task) -> (config, checkpoint)``: the task's demo config
-    after two training iterations (trained once per session, on first use)."""
+    after three training iterations (trained once per session, on first use)."""
     trained: Dict[str, Tuple[str, Path]] = {}
 
     def get(task: str) -> Tuple[str, Path]:
@@ -32,9 +32,9 @@ def trained_demo(demo_data, tmp_path_factory) -> Callable[[str], Tuple[str, Path
             config, work_dir = DEMO_CONFIGS[task], tmp_path_factory.mktemp(f'trained-{task}')
             # no validation: the tests evaluate
             run_tool('tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
-                     *short_run(config, iters=2, checkpoint_every=2),
+                     *short_run(config, iters=3, checkpoint_every=3),
                      'train_cfg.val_interval=1000')
-            trained[task] = (config, work_dir / 'iter_2.pth')
+            trained[task] = (config, work_dir / 'iter_3.pth')
         return trained[task]
 
     return get
