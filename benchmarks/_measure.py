@@ -19,6 +19,7 @@ processes; ratios between cases measured in the same run are more stable.
 """
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -158,8 +159,9 @@ def ratio_cells(value: Optional[float], reference: Optional[float],
 
 __all__ = ['check_cpu_memory_measurement', 'peak_mib', 'median_ms', 'run_memory_child',
            'ratio_cells', 'MMAP_THRESHOLD_BYTES', 'measure_memory', 'measure_latency',
-           'ratio_row', 'measure_latency_and_memory', 'interleaved_latency', 'measure_all',
-           'print_memory_for_parent', 'SKIPPED']
+           'ratio_row', 'ratio_table', 'check_tokens_and_reference',
+           'measure_latency_and_memory', 'interleaved_latency', 'measure_all',
+           'print_memory_for_parent', 'SKIPPED', 'add_json_option', 'write_json']
 
 
 def ratio_row(row: dict, reference: dict) -> List[str]:
@@ -170,6 +172,54 @@ def ratio_row(row: dict, reference: dict) -> List[str]:
         smallest = 1. if key.endswith('mib') else 1e-3
         cells += ratio_cells(row.get(key), reference.get(key), smallest)
     return cells
+
+
+def check_tokens_and_reference(parser, args, reference: str) -> None:
+    """Argument checks of the attention benchmarks: ``args.tokens`` must be
+    perfect squares (square grids), and ``reference`` joins ``args.methods``."""
+    for tokens in args.tokens:
+        if math.isqrt(tokens)**2 != tokens:
+            parser.error(f'--tokens {tokens} is not a perfect square')
+    if reference not in args.methods:
+        args.methods = [reference] + args.methods
+
+
+def ratio_table(results: Dict[int, dict], cases: Sequence[str], labels: Dict[str, str],
+                reference: str, reference_name: str, skip_reason: str = '') -> str:
+    """Markdown table of :func:`ratio_row` per token count (a square grid) and case,
+    the ratios to the ``reference`` case of the same token count; the rows of
+    skipped cases say so (with ``skip_reason``)."""
+    versus = f'vs {reference_name}'
+    lines = [f'| tokens (grid) | method | fwd ms | {versus} | fwd+bwd ms | {versus} | '
+             f'fwd peak MiB | {versus} | fwd+bwd peak MiB | {versus} |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for tokens, per_case in results.items():
+        side = math.isqrt(tokens)
+        for case in cases:
+            row = per_case.get(case, {})
+            if SKIPPED in row:
+                cells = [f'skipped ({skip_reason})' if skip_reason else 'skipped', ''] + [''] * 6
+            else:
+                cells = ratio_row(row, per_case.get(reference, {}))
+            lines.append(f'| {tokens} ({side}x{side}) | {labels[case]} | ' + ' | '.join(cells)
+                         + ' |')
+    return '\n'.join(lines)
+
+
+def add_json_option(parser) -> None:
+    """``--json PATH``: the benchmarks also write their results for other programs
+    (``benchmarks/gpu_check.sh`` computes the targets' ratios from them)."""
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the results there: {tokens: {case: {fwd_ms, '
+                        'fwdbwd_ms, fwd_mib, fwdbwd_mib}}}')
+
+
+def write_json(path: Optional[str], results: Dict[int, dict]) -> None:
+    """Write ``results`` to ``path`` (nothing when ``path`` is None)."""
+    if path is not None:
+        with open(path, 'w') as file:
+            json.dump({str(tokens): per_case for tokens, per_case in results.items()}, file,
+                      indent=1)
 
 
 #: Row of a case that ``skip`` left out.

@@ -1,11 +1,14 @@
-"""Latency and peak memory of a whole ViT-S backbone with each position encoding.
+"""Latency and peak memory of a whole ViT backbone with each position encoding.
 
-Builds ``PosEncViT(arch='deit-small', patch_size=16)`` (12 blocks, embed 384, 6 heads,
-one class token, ``out_type='cls_token'``) for square images of ``--tokens``
-patch tokens (196 -> 224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px;
-``img_size`` is the measured size, so learned APE is never interpolated), batch
-1, and measures, per encoding (the ViTDet-window rows have no class token and
-output the feature map):
+Builds ``PosEncViT(arch=--arch, patch_size=16)`` (default ``'deit-small'``: 12
+blocks, embed 384, 6 heads; ``'base'`` is ViT-B) with one class token and
+``out_type='cls_token'`` for square images of ``--tokens`` patch tokens (196 ->
+224 px, 1024 -> 512 px, 2304 -> 768 px, 4096 -> 1024 px; ``img_size`` is the
+measured size, so learned APE is never interpolated), batch ``--batch`` (1),
+and measures, per encoding (the ViTDet-window rows have no class token and
+output the feature map; the ``*_compiled`` rows are the same backbones under
+``torch.compile``, compiled in the untimed warm-up call, and with ``--amp``
+everything runs under bfloat16 autocast):
 
 * forward: ``model.eval()`` under ``torch.no_grad()`` (inference);
 * forward+backward: ``model.train()`` (all dropout and drop-path rates are 0),
@@ -28,6 +31,8 @@ Example::
 
     python benchmarks/bench_backbone.py --tokens 196 1024 --repeats 3 --threads 1
     python benchmarks/bench_backbone.py --encodings ape sape2 sape2_fused --tokens 4096
+    python benchmarks/bench_backbone.py --device cuda --arch base --amp --tokens 4096 \
+        --encodings ape sape2 ape_window sape2_window sape2_window_compiled
 """
 import argparse
 import math
@@ -44,10 +49,13 @@ if REPO_ROOT not in sys.path:
 
 from benchmarks._measure import (  # noqa: E402
     SKIPPED,
+    add_json_option,
     measure_latency_and_memory,
     print_memory_for_parent,
     ratio_row,
+    write_json,
 )
+from mmsape.models import PosEncViT  # noqa: E402
 
 PATCH_SIZE = 16
 #: name -> (table label, pos_encoding config of PosEncViT).
@@ -64,15 +72,37 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'peg': ('PEG (CPVT, after block 0)', dict(type='PEG')),
     'rope_mixed': ('2D RoPE mixed', dict(type='RoPE2D', mode='mixed')),
     'rope_axial': ('2D RoPE axial', dict(type='RoPE2D', mode='axial')),
+    'rope_normalized': ('2D RoPE, DINOv3 normalised coords (rescale 2)',
+                        dict(type='RoPE2D', normalize_coords='separate', rescale_coords=2.)),
+    'lookhere': ('LookHere LH-180', dict(type='LookHere')),
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
+    'lookhere_window': ('LookHere LH-180, ViTDet windows', dict(type='LookHere')),
+    'query_distance': ("query-relative SaPE², distance, impl='auto'",
+                       dict(type='SaPE2', count_from='query')),
+    'lookup': ("query-relative SaPE², lookup, impl='auto'",
+               dict(type='SaPE2', count_from='query', bias='lookup')),
+    'lookup_fused': ("query-relative SaPE², lookup, impl='fused' (SDPA)",
+                     dict(type='SaPE2', count_from='query', bias='lookup', impl='fused')),
+    'lookup_peg': ("query-relative SaPE², lookup, + PEG",
+                   [dict(type='SaPE2', count_from='query', bias='lookup'), dict(type='PEG')]),
+    'lookup_window': ('query-relative SaPE², lookup, ViTDet windows',
+                      dict(type='SaPE2', count_from='query', bias='lookup')),
+    'ape_compiled': ('learned APE, torch.compile', dict(type='LearnedAPE')),
+    'sape2_compiled': ("SaPE² exact, impl='auto', torch.compile", dict(type='SaPE2')),
+    'ape_window_compiled': ('learned APE, ViTDet windows, torch.compile',
+                            dict(type='LearnedAPE')),
+    'sape2_window_compiled': ('SaPE² exact, ViTDet windows, torch.compile',
+                              dict(type='SaPE2')),
 }
 #: ViTDet-style blocks (as in configs/mask_rcnn): 14 x 14 windows, except four
 #: global blocks; no class token, the feature map out.
 WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cls_token=False,
                       out_type='featmap')
 #: name -> extra PosEncViT arguments.
-BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS}
+BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
+                    'lookhere_window': WINDOW_OPTIONS, 'lookup_window': WINDOW_OPTIONS,
+                    'ape_window_compiled': WINDOW_OPTIONS, 'sape2_window_compiled': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
@@ -87,9 +117,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed runs; the median is shown')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--arch', default='deit-small', choices=sorted(PosEncViT.arch_zoo),
+                        help="PosEncViT arch: 'deit-small' (ViT-S) or 'base' (ViT-B), ...")
+    parser.add_argument('--batch', type=int, default=1, help='images per batch')
+    parser.add_argument('--amp', action='store_true',
+                        help='run under torch.autocast (bfloat16), as mixed-precision training')
+    parser.add_argument('--compile-backend', default='inductor',
+                        help="torch.compile backend of the '*_compiled' rows")
     parser.add_argument('--dense-max-tokens', type=int, default=1024,
                         help="largest token count at which 'sape2_dense' is run")
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args(argv)
     for tokens in args.tokens:
         if math.isqrt(tokens)**2 != tokens:
@@ -102,24 +140,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def make_case(encoding: str, tokens: int,
               args: argparse.Namespace) -> Tuple[Callable[[], None], Callable[[], None]]:
     """The model, its input and the two closures to measure."""
-    from mmsape.models import PosEncViT
-
     image_size = math.isqrt(tokens) * PATCH_SIZE
     device = torch.device(args.device)
-    model = PosEncViT(arch='deit-small', img_size=image_size, patch_size=PATCH_SIZE,
+    model = PosEncViT(arch=args.arch, img_size=image_size, patch_size=PATCH_SIZE,
                       pos_encoding=ENCODINGS[encoding][1],
                       **BACKBONE_OPTIONS.get(encoding, {})).to(device)
-    images = torch.randn(1, 3, image_size, image_size, device=device)
+    # Compiled on the first (warm-up) call, once for eval without grad and
+    # once for training.
+    run = (torch.compile(model, backend=args.compile_backend)
+           if encoding.endswith('_compiled') else model)
+    images = torch.randn(args.batch, 3, image_size, image_size, device=device)
     cotangent = []  # made on the first call, in the shape of the output
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
     def forward() -> None:
         model.eval()
-        with torch.no_grad():
-            model(images)
+        with torch.no_grad(), autocast:
+            run(images)
 
     def forward_backward() -> None:
         model.train()
-        out = model(images)[0]
+        with autocast:
+            out = run(images)[0]
         if not cotangent:
             cotangent.append(torch.randn(out.shape, device=device,
                                          generator=torch.Generator(device).manual_seed(0)))
@@ -160,10 +202,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     results, memory_note = measure_latency_and_memory(
         args, argv, __file__, make_case, args.encodings, skip=skipped)
-    print(f'ViT-S/16 backbone (12 blocks, embed 384, 6 heads, class token), batch 1; device '
-          f'{args.device}, float32, {args.threads} thread(s); latency: median of '
+    arch = PosEncViT.arch_zoo[args.arch]
+    device = (torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
+              else f'cpu, {args.threads} thread(s)')
+    print(f'PosEncViT {args.arch!r}/{PATCH_SIZE} backbone ({arch["num_layers"]} blocks, embed '
+          f'{arch["embed_dims"]}, {arch["num_heads"]} heads, class token), batch {args.batch}; '
+          f'{device}; {"bfloat16 autocast" if args.amp else "float32"}; compiled rows: '
+          f'torch.compile(backend={args.compile_backend!r}); latency: median of '
           f'{args.repeats}; peak memory: {memory_note}; torch {torch.__version__}.\n')
     print(format_table(results, args.encodings))
+    write_json(args.json, results)
 
 
 if __name__ == '__main__':

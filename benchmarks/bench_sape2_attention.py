@@ -6,14 +6,24 @@ head dim 64, batch 1) computed by:
 
 * ``sdpa``: plain ``scaled_dot_product_attention``, no position encoding;
 * ``dense``: SaPE² as in the paper, with a materialised (B, heads, N, N) bias;
-* ``chunked``: mmsape's exact, memory-lean SaPE² through its compiled CPU
-  kernel (tiles, recomputed in backward) where it runs (float32 on CPU);
+* ``chunked``: mmsape's exact, memory-lean SaPE² through a compiled kernel
+  (tiles, recomputed in backward) where one runs: the CPU kernel (float32 on
+  CPU), the fused Triton kernels (CUDA);
 * ``chunked_python``: the same through the pure-PyTorch block kernel (what
-  other devices and dtypes run);
+  other devices and dtypes run, and CUDA without Triton);
 * ``squared_chunked``: SaPE² with the squared distance (a different model)
   through the compiled kernel;
 * ``fused``: the squared-distance model by plain fused attention on augmented
   q and k (what ``impl='auto'`` picks for it off the compiled kernel);
+* ``query_distance``: query-relative SaPE² (``count_from='query'``) with the
+  published distance bias, through the compiled kernel;
+* ``lookup``: query-relative SaPE² with the lookup bias (``bias='lookup'``)
+  through its compiled CPU kernel (``impl='auto'`` on CPU);
+* ``lookup_python``: the same through the pure-PyTorch block kernel;
+* ``lookup_fused``: the same by plain fused attention on q and k augmented with
+  ``[s^x, s^y]`` and one-hot columns and rows (head dim + W + H);
+* ``lookup_flex``: the same through FlexAttention (``impl='flex'``; CUDA only,
+  as FlexAttention has no backward on CPU);
 * ``rope``: 2D RoPE (mixed), rotations of q and k, then SDPA;
 * ``peg``: SDPA plus PEG's depthwise 3x3 convolution over the layer's tokens
   (PEG acts between blocks; this is its per-layer cost).
@@ -47,20 +57,29 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks._measure import (  # noqa: E402
+    add_json_option,
+    check_tokens_and_reference,
     measure_latency_and_memory,
     print_memory_for_parent,
-    ratio_row,
+    ratio_table,
+    write_json,
 )
 
-METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused', 'rope',
+METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused',
+           'query_distance', 'lookup', 'lookup_python', 'lookup_fused', 'lookup_flex', 'rope',
            'peg')
 METHOD_LABELS = {
     'sdpa': 'plain SDPA (no PE)',
     'dense': 'SaPE² exact, dense (paper-style)',
-    'chunked': 'SaPE² exact, chunked (compiled kernel)',
+    'chunked': 'SaPE² exact, chunked (compiled kernel: CPU / Triton)',
     'chunked_python': 'SaPE² exact, chunked (Python kernel)',
-    'squared_chunked': 'SaPE² squared, chunked (compiled kernel)',
+    'squared_chunked': 'SaPE² squared, chunked (compiled kernel: CPU / Triton)',
     'fused': 'SaPE² squared, fused (SDPA on augmented q/k)',
+    'query_distance': 'query-relative SaPE², distance, chunked (compiled kernel)',
+    'lookup': 'query-relative SaPE², lookup, chunked (compiled kernel)',
+    'lookup_python': 'query-relative SaPE², lookup, chunked (Python kernel)',
+    'lookup_fused': 'query-relative SaPE², lookup, fused (SDPA on augmented q/k)',
+    'lookup_flex': 'query-relative SaPE², lookup, FlexAttention',
     'rope': '2D RoPE mixed',
     'peg': 'PEG (SDPA + its 3x3 depthwise conv)',
 }
@@ -71,7 +90,14 @@ SAPE2_OPTIONS = {
     'chunked_python': dict(impl='chunked'),
     'squared_chunked': dict(impl='chunked', distance='squared'),
     'fused': dict(impl='fused', distance='squared'),
+    'query_distance': dict(impl='chunked', count_from='query'),
+    'lookup': dict(impl='chunked', count_from='query', bias='lookup'),
+    'lookup_python': dict(impl='chunked', count_from='query', bias='lookup'),
+    'lookup_fused': dict(impl='fused', count_from='query', bias='lookup'),
+    'lookup_flex': dict(impl='flex', count_from='query', bias='lookup'),
 }
+#: Methods that run through the Python kernel instead of the compiled one.
+PYTHON_KERNEL = ('chunked_python', 'lookup_python')
 EMBED_DIMS, NUM_HEADS = 384, 6
 Results = Dict[int, Dict[str, Dict[str, float]]]
 
@@ -89,30 +115,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--num-prefix', type=int, default=1, help='class / register tokens')
     parser.add_argument('--chunk-size', type=int, default=256)
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args(argv)
-    for tokens in args.tokens:
-        if math.isqrt(tokens)**2 != tokens:
-            parser.error(f'--tokens {tokens} is not a perfect square')
-    if 'sdpa' not in args.methods:
-        args.methods = ['sdpa'] + args.methods
+    check_tokens_and_reference(parser, args, 'sdpa')
     return args
 
 
 @contextlib.contextmanager
 def python_kernel_only(enabled: bool):
-    """Run the exact SaPE² through its Python kernel instead of the compiled one."""
-    from mmsape.ops.sape2 import CPU_KERNEL_ENV
-    previous = os.environ.get(CPU_KERNEL_ENV)
+    """Run the exact SaPE² through its Python kernel instead of a compiled one
+    (the CPU kernel, or the Triton kernels on CUDA)."""
+    from mmsape.ops.sape2 import CPU_KERNEL_ENV, TRITON_ENV
+    previous = {name: os.environ.get(name) for name in (CPU_KERNEL_ENV, TRITON_ENV)}
     if enabled:
-        os.environ[CPU_KERNEL_ENV] = '0'
+        os.environ.update(dict.fromkeys(previous, '0'))
     try:
         yield
     finally:
         if enabled:
-            if previous is None:
-                del os.environ[CPU_KERNEL_ENV]
-            else:
-                os.environ[CPU_KERNEL_ENV] = previous
+            for name, value in previous.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
 
 
 def make_case(method: str, tokens: int,
@@ -136,7 +161,8 @@ def make_case(method: str, tokens: int,
         module = RoPE2D(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1,
                         mode='mixed').to(device)
     elif method == 'peg':
-        module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device)
+        # In the tokens' dtype: a convolution takes no mixed dtypes.
+        module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device, dtype)
         # PEG works on the block's (B, N, C) tokens, not inside attention.
         tokens_in = torch.randn(1, grid.num_tokens, EMBED_DIMS, device=device,
                                 dtype=dtype).requires_grad_()
@@ -148,7 +174,7 @@ def make_case(method: str, tokens: int,
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
             encoded = module.after_block(0, tokens_in, grid)  # (1, N, C): split into heads
             return out + encoded.unflatten(-1, (NUM_HEADS, -1)).transpose(1, 2)
-        with python_kernel_only(method == 'chunked_python'):
+        with python_kernel_only(method in PYTHON_KERNEL):
             return module.attention(0, q, k, v, grid)
 
     def forward():
@@ -165,19 +191,14 @@ def make_case(method: str, tokens: int,
     return forward, forward_backward
 
 
+def skipped(method: str, tokens: int, args: argparse.Namespace) -> bool:
+    # FlexAttention has no backward on CPU (PyTorch).
+    return method == 'lookup_flex' and not args.device.startswith('cuda')
+
+
 def format_table(results: Results, methods: List[str]) -> str:
-    lines = ['| tokens (grid) | method | fwd ms | vs SDPA | fwd+bwd ms | vs SDPA | '
-             'fwd peak MiB | vs SDPA | fwd+bwd peak MiB | vs SDPA |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-    for tokens, per_method in results.items():
-        side = math.isqrt(tokens)
-        plain = per_method.get('sdpa', {})
-        for method in methods:
-            row = per_method.get(method, {})
-            columns = ratio_row(row, plain)
-            lines.append(f'| {tokens} ({side}x{side}) | {METHOD_LABELS[method]} | '
-                         + ' | '.join(columns) + ' |')
-    return '\n'.join(lines)
+    return ratio_table(results, methods, METHOD_LABELS, 'sdpa', 'SDPA',
+                       skip_reason='CUDA only')
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -185,16 +206,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        print_memory_for_parent(make_case, args, args.methods)
+        print_memory_for_parent(make_case, args, args.methods, skipped)
         return
     results, memory_note = measure_latency_and_memory(
-        args, argv, __file__, make_case, args.methods, interleave=True)
+        args, argv, __file__, make_case, args.methods, interleave=True, skip=skipped)
     print(f'ViT-S attention layer (embed {EMBED_DIMS}, {NUM_HEADS} heads, batch 1, '
           f'{args.num_prefix} prefix token(s)); device {args.device}, {args.dtype}, '
           f'{args.threads} thread(s), chunk_size {args.chunk_size}; latency: median of '
           f'{args.repeats} rounds over the methods; peak memory: {memory_note}; '
           f'torch {torch.__version__}.\n')
     print(format_table(results, args.methods))
+    write_json(args.json, results)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 """What several test files build: tiny ViTs, the command-line tools as modules,
-the commands of short training runs, and the checks of the pictures they draw.
+short runs of the demo configs, and the checks of the pictures they draw.
 
 Test files are imported with ``--import-mode=importlib`` and cannot import each
 other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
@@ -18,6 +18,7 @@ import torch
 from mmengine.config import Config
 
 from mmsape.models import PosEncViT
+from mmsape.ops.sape2 import rounding_floor
 from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,25 @@ def tiny_vit(pos_encoding: Union[str, dict, list] = 'LearnedAPE',
     model = PosEncViT(arch=arch, img_size=img_size, patch_size=patch_size,
                       pos_encoding=pos_encoding_cfg(pos_encoding), **kwargs)
     return model.train(train)
+
+
+def kernel_factors(query_factors: list, key_factors: list, root: bool) -> tuple:
+    """The factors and floors an exact SaPE² kernel takes for per-axis factors, as
+    ``SaPE2`` passes them: the axes with their rounding floors for distances
+    (``root``), else the axes concatenated into one, without floors."""
+    if root:
+        return (query_factors, key_factors,
+                torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1))
+    return [torch.cat(query_factors, -1)], [torch.cat(key_factors, -1)], None
+
+
+def kernel_that_ran(out: torch.Tensor) -> str:
+    """The name of the ``torch.ops.mmsape`` operator whose autograd node made ``out``
+    (``'sape2_attention_cpu'``, ``'sape2_attention_python'``, ...)."""
+    prefix, suffix = 'GeneratedBackwardFor_mmsape_', '_defaultBackward'
+    name = out.grad_fn.name()
+    assert name.startswith(prefix) and name.endswith(suffix), name
+    return name[len(prefix):-len(suffix)]
 
 
 def load_tool(name: str) -> ModuleType:

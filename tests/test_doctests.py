@@ -11,6 +11,8 @@ MODULES = [
     'mmsape.models.pos_encodings.peg',
     'mmsape.models.pos_encodings.rope',
     'mmsape.models.pos_encodings.cope',
+    'mmsape.models.pos_encodings.lookhere',
+    'mmsape.models.pos_encodings.grid_cache',
     'mmsape.models.pos_encodings.sape2',
     'mmsape.models.utils.vit_pretrained',
     'mmsape.utils.atomic_io',

@@ -21,6 +21,7 @@ from mmsape.testing.demo_data import ensure_demo_data
 from builders import run_tool, short_run
 
 ROOT = Path(__file__).resolve().parents[2]
+# Also in tests/test_cuda (the same demo configs on a GPU).
 DEMO_CONFIGS = {
     'cls': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'accuracy/top1'),
     'seg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py', 'mIoU'),

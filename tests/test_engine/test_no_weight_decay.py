@@ -94,3 +94,26 @@ def test_declared_name_that_is_not_a_parameter_is_refused():
 
     with pytest.raises(ValueError, match='pos_embed.*not parameters'):
         build(DeclaredDecayOptimWrapperConstructor, Stale(2, 2))
+
+
+@pytest.mark.parametrize('config,expected', [
+    ('vit-s4-sape2_1xb128-400e_cifar10.py', {'backbone.cls_token'}),
+    ('vit-s4-sape2-ape_1xb128-400e_cifar10.py',
+     {'backbone.cls_token', 'backbone.pos_encoding.encodings.0.pos_embed',
+      'backbone.pos_encoding.encodings.0.prefix_pos_embed'}),
+])
+def test_paper_configs_decay_the_tables_as_the_authors(config, expected):
+    """The SaPE² paper configs follow the authors' code: only the APE table and
+    the class token are excluded from weight decay, the SaPE² tables are not."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[2] / 'configs/vit_cls' / config))
+    backbone = dict(cfg.model.backbone, arch=TINY, img_size=32, patch_size=8)
+    backbone.pop('type')
+    model = nn.Module()
+    model.backbone = PosEncViT(**backbone)
+    optimizer = build(DeclaredDecayOptimWrapperConstructor, model)
+    decay = decay_by_name(model, optimizer)
+    assert {name for name, value in decay.items() if value == 0} == expected
+    assert any('position_tables' in name for name in decay)

@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from mmsape.models.pos_encodings.base import TokenGrid
 from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
-    SaPE2AttentionFunction,
-    SaPE2CPUAttentionFunction,
     load_cpu_kernel,
     rounding_floor,
     safe_sqrt,
@@ -23,12 +21,19 @@ from mmsape.ops.sape2 import (
     squared_distance_factors,
 )
 
+from builders import kernel_factors, kernel_that_ran
+
 HEADS = 2
 HEAD_DIMS = 8
 
 
 # The tensors here are tiny: a thread pool only adds overhead and contention.
 pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+#: The custom operators of the two kernels (see mmsape.ops.sape2.attention_autograd).
+PYTHON_KERNEL = 'sape2_attention_python'
+COMPILED_KERNEL = 'sape2_attention_cpu'
 
 
 def random_qkv(grid, batch=2, dtype=torch.float64, seed=0, requires_grad=False):
@@ -73,12 +78,7 @@ def dense_reference(q, k, v, query_factors, key_factors, root, sign):
 
 
 def run_kernel(q, k, v, query_factors, key_factors, root, sign, block_size):
-    if root:
-        floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
-    else:
-        query_factors = [torch.cat(query_factors, -1)]
-        key_factors = [torch.cat(key_factors, -1)]
-        floors = None
+    query_factors, key_factors, floors = kernel_factors(query_factors, key_factors, root)
     return sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=root,
                                  sign=sign, block_size=block_size, symmetric=True)
 
@@ -140,11 +140,11 @@ def float32_kernel(request, monkeypatch):
     """Which kernel float32 CPU inputs take; 'compiled' is skipped where it cannot be built."""
     if request.param == 'python':
         monkeypatch.setenv(CPU_KERNEL_ENV, '0')
-        return SaPE2AttentionFunction
+        return PYTHON_KERNEL
     monkeypatch.setenv(CPU_KERNEL_ENV, '1')
     if load_cpu_kernel() is None:
         pytest.skip('the compiled SaPE2 CPU kernel is not available here')
-    return SaPE2CPUAttentionFunction
+    return COMPILED_KERNEL
 
 
 def test_block_kernel_saves_no_square_tensor(float32_kernel):
@@ -158,7 +158,7 @@ def test_block_kernel_saves_no_square_tensor(float32_kernel):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = run_kernel(*inputs, root=True, sign=1., block_size=16)
-    assert out.grad_fn.name() == f'{float32_kernel.__name__}Backward'
+    assert kernel_that_ran(out) == float32_kernel
     num_tokens = grid.num_tokens
     # q, k, v, output, logsumexp and the factors: at most one token axis each,
     # O(N) per head.
@@ -182,7 +182,7 @@ def test_float32_kernels_match_float64_dense_reference(grid, root, sign, float32
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64[:3]]
     inputs32 += [[t.detach().float().requires_grad_() for t in ts] for ts in inputs64[3:]]
     actual = run_kernel(*inputs32, root=root, sign=sign, block_size=64)
-    assert actual.grad_fn.name() == f'{float32_kernel.__name__}Backward'
+    assert kernel_that_ran(actual) == float32_kernel
     expected = dense_reference(*inputs64, root=root, sign=sign)
     torch.testing.assert_close(actual, expected.float(), rtol=1e-4, atol=1e-5)
     flat32 = (*inputs32[:3], *inputs32[3], *inputs32[4])
@@ -223,7 +223,7 @@ def test_compiled_kernel_build_failure_warns_and_falls_back(monkeypatch):
     inputs = kernel_inputs(grid, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match='no C\\+\\+ compiler.*Python kernel runs instead'):
         out = run_kernel(*inputs, root=True, sign=1., block_size=4)
-    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
+    assert kernel_that_ran(out) == PYTHON_KERNEL
     assert load_cpu_kernel() is None  # tried once, not again on every call
 
 
@@ -239,4 +239,4 @@ def test_float32_without_symmetric_factors_takes_python_kernel():
     q, k, v, query_factors, key_factors = kernel_inputs(grid, dtype=torch.float32)
     floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
     out = sape2_block_attention(q, k, v, query_factors, key_factors, floors, root=True)
-    assert out.grad_fn.name() == f'{SaPE2AttentionFunction.__name__}Backward'
+    assert kernel_that_ran(out) == PYTHON_KERNEL

@@ -5,7 +5,7 @@ equivariance (see :mod:`mmsape.analysis.pe_study`)."""
 import copy
 import math
 import time
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -93,20 +93,32 @@ def translate(images: Tensor, dy: int, dx: int) -> Tensor:
     return out
 
 
-def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
-    """Train one encoding on digits; return all its measurements."""
-    x_train, y_train, x_test, y_test = data
-    torch.manual_seed(seed)
-    pos_encoding, extra = COMPARED_ENCODINGS[name]
-    model = DigitsViT(pos_encoding, extra, quick)
-    params = sum(p.numel() for p in model.parameters())
+def fit_digits(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, seed: int,
+               augment: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
+               ) -> Tuple[float, float]:
+    """Train ``model`` with the study's recipe: AdamW 2e-3 (weight decay 0.05 on
+    the matrices outside the position encoding), one warm-up epoch then cosine,
+    label smoothing 0.1, gradient clipping at 1, batches of 32.
+
+    Args:
+        model (nn.Module): The classifier, e.g. :class:`DigitsViT`.
+        images (Tensor): ``(N, 1, H, W)`` training canvases.
+        labels (Tensor): ``(N, )`` classes.
+        epochs (int): Passes over the training set.
+        seed (int): Seed of the batch order (and of ``augment``).
+        augment (callable, optional): ``augment(images, generator)`` gives each
+            epoch's canvases, e.g. the digits at random places. Defaults to None.
+
+    Returns:
+        tuple[float, float]: Training seconds and the last batch's loss.
+    """
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'pos_encoding' not in n]
     no_decay = [p for n, p in model.named_parameters()
                 if not (p.ndim > 1 and 'pos_encoding' not in n)]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),
                                    dict(params=no_decay, weight_decay=0.)], lr=2e-3)
     batch = 32
-    steps_per_epoch = math.ceil(len(y_train) / batch)
+    steps_per_epoch = math.ceil(len(labels) / batch)
     total = epochs * steps_per_epoch
     warmup = steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -116,19 +128,30 @@ def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
     start = time.time()
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(y_train), generator=generator)
+        epoch_images = images if augment is None else augment(images, generator)
+        order = torch.randperm(len(labels), generator=generator)
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(epoch_images[idx]), labels[idx], label_smoothing=0.1)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-    train_s = time.time() - start
+    return time.time() - start, loss.item()
+
+
+def train_digits(name: str, seed: int, epochs: int, quick: bool, data) -> dict:
+    """Train one encoding on digits; return all its measurements."""
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(seed)
+    pos_encoding, extra = COMPARED_ENCODINGS[name]
+    model = DigitsViT(pos_encoding, extra, quick)
+    params = sum(p.numel() for p in model.parameters())
+    train_s, final_loss = fit_digits(model, x_train, y_train, epochs, seed)
     model.eval()
     result = dict(encoding=name, seed=seed, params=params, train_s=train_s,
-                  final_loss=loss.item(), acc={}, pad_acc={}, shifted_acc={})
+                  final_loss=final_loss, acc={}, pad_acc={}, shifted_acc={})
     for size in DIGIT_EVAL_SIZES:
         key = f'{size[0]}x{size[1]}'
         result['acc'][key] = accuracy(model, resize_canvas(x_test, size), y_test)

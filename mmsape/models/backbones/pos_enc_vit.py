@@ -486,13 +486,24 @@ class PosEncViT(BaseModule):
             raise ValueError(f'Input dtype {x.dtype} differs from the weights\' {weight_dtype}; '
                              f'convert the images (x.to({weight_dtype})), convert the model '
                              f'(model.to({x.dtype})) or run under torch.autocast.')
-        if not torch.isfinite(x).all():
-            raise ValueError('Input images contain NaN or Inf values; check the data '
-                             'pipeline (normalisation by a zero std, corrupt files).')
+        self._check_finite(x)
         if pad_mask is not None and (pad_mask.dim() != 3 or pad_mask.shape[0] != x.shape[0]
                                      or tuple(pad_mask.shape[-2:]) != tuple(x.shape[-2:])):
             raise ValueError(f'pad_mask of shape {tuple(pad_mask.shape)} does not match '
                              f'the images (B, H, W) = {(x.shape[0], *x.shape[-2:])}.')
+
+    @staticmethod
+    def _check_finite(x: Tensor) -> None:
+        message = ('Input images contain NaN or Inf values; check the data pipeline '
+                   '(normalisation by a zero std, corrupt files).')
+        finite = torch.isfinite(x).all()
+        if torch.compiler.is_compiling():
+            # Branching on a tensor's value would break the compiled graph:
+            # there the check is an assertion inside it (the same message, as
+            # a RuntimeError, or a device-side assertion on CUDA).
+            torch._assert_async(finite, message)
+        elif not finite:
+            raise ValueError(message)
 
     def _token_pad_mask(self, pad_mask: Optional[Tensor],
                         grid_hw: Tuple[int, int]) -> Optional[Tensor]:

@@ -173,4 +173,8 @@ class SimpleFPN(BaseModule):
                                  else outs[-1]))
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], 1, stride=2))
-        return tuple(outs)
+        # LayerNorm2d permutes to channels-last and back, so its maps are strided
+        # views of channels-last memory. mmcv's RoIAlign (CPU and CUDA kernels)
+        # reads the raw buffer as contiguous NCHW and pools the wrong values: the
+        # RoI heads then learn nothing. mmdet's FPN returns contiguous maps too.
+        return tuple(out.contiguous() for out in outs)

@@ -10,7 +10,8 @@ nothing to convert and pass through unchanged.
 What the conversion does:
 
 * renames mmpretrain / mmseg keys (``layers.<i>.ln1`` ...) to mmsape's timm-like
-  ones and hands the ``pos_embed`` table to the model's
+  ones, converts the SaPE² tables of checkpoints trained with the SaPE² authors'
+  code (:mod:`.sape2_pretrained`), and hands the ``pos_embed`` table to the model's
   :class:`~mmsape.models.pos_encodings.LearnedAPE`, whose own load hook resamples
   it to the configured grid (with the interpolation the APE is configured with);
 * drops what a backbone never has (classifier heads, DeiT's distillation token, a
@@ -34,6 +35,8 @@ from torch import Tensor, nn
 
 from mmsape.models.pos_encodings import LearnedAPE
 from mmsape.utils import format_state_dict_report, load_checkpoint_safely
+
+from .sape2_pretrained import convert_authors_sape2_state, is_authors_sape2_state
 
 Shape = Tuple[int, ...]
 
@@ -83,7 +86,8 @@ class ViTCheckpointConversion:
 
     Args:
         prefix (str): Where the backbone sits in the loaded state dict.
-        source (str): 'timm' (also DeiT), 'mmpretrain', 'mmseg' or 'mmsape'.
+        source (str): 'timm' (also DeiT), 'mmpretrain', 'mmseg', 'sape2-authors'
+            (the SaPE² authors' DeiT-style code) or 'mmsape'.
         backbone_of_whole_model (bool): The keys came from ``backbone.`` of a
             classifier / detector / segmentor checkpoint.
         dropped (list[str]): Keys of parts the model does not have.
@@ -271,8 +275,13 @@ def convert_vit_state_dict(state_dict: dict, prefix: str,
     conversion = ViTCheckpointConversion(prefix, checkpoint_source(local),
                                          backbone_of_whole_model=whole_model)
 
+    authors_unused = []
+    if is_authors_sape2_state(local):
+        conversion.source = 'sape2-authors'
+        local, authors_unused = convert_authors_sape2_state(local, model)
     ape_key = find_ape_key(model)
     converted, conversion.dropped = convert_vit_keys(local, ape_key)
+    conversion.dropped += authors_unused
     own = model.state_dict(keep_vars=True)
     if 'cls_token' in converted and 'cls_token' not in own:
         conversion.dropped.append('cls_token')

@@ -2,22 +2,34 @@
 their compiled CPU source (``csrc/``).
 
 :mod:`.functional` holds the equations as tensor functions, :mod:`.block_attention`
-the FlashAttention-style kernels and their dispatch, :mod:`.sape2_attention_cpu`
-the loader of the compiled CPU kernel. The registered module that owns the
-tables is :class:`mmsape.models.SaPE2`.
+the FlashAttention-style kernels of the distance bias and their dispatch,
+:mod:`.lookup_attention` those of the lookup bias of query-relative SaPE²,
+:mod:`.sape2_attention_cpu` the loader of the compiled CPU kernels,
+:mod:`.sape2_attention_triton` the fused GPU kernels (imported on demand: it needs
+Triton). The kernels are PyTorch custom operators (``torch.ops.mmsape.*``,
+:mod:`.attention_autograd`). The registered module that owns the tables is
+:class:`mmsape.models.SaPE2`.
 """
 from .block_attention import (
     BLOCK_ELEMENTS,
-    SaPE2AttentionFunction,
+    KERNELS,
+    TRITON_ENV,
     checkpointed_block_attention,
+    compiled_kernel_for,
+    sape2_attention_python_backward,
+    sape2_attention_python_forward,
     sape2_block_attention,
     uses_compiled_kernel,
 )
 from .functional import (
+    COUNT_FROM_CHOICES,
     axis_sape_vectors,
     contextual_positions,
     fused_squared_distance_qk,
+    grid_coordinates,
     interpolate_table,
+    lookup_bias,
+    lookup_factors,
     pairwise_l2,
     pairwise_squared_l2,
     rounding_floor,
@@ -25,20 +37,29 @@ from .functional import (
     sape_bias,
     sape_vectors,
     squared_distance_factors,
+    table_logits,
     table_positions,
 )
+from .lookup_attention import flex_lookup_attention, lookup_block_attention
 from .sape2_attention_cpu import (
     CPU_KERNEL_ENV,
-    SaPE2CPUAttentionFunction,
     load_cpu_kernel,
+    sape2_attention_cpu_backward,
+    sape2_attention_cpu_forward,
+    sape2_lookup_attention_cpu_backward,
+    sape2_lookup_attention_cpu_forward,
     uses_cpu_kernel,
 )
 
 __all__ = [
-    'contextual_positions', 'table_positions', 'interpolate_table', 'axis_sape_vectors',
-    'sape_vectors', 'squared_distance_factors', 'pairwise_squared_l2', 'rounding_floor',
-    'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk', 'BLOCK_ELEMENTS',
-    'SaPE2AttentionFunction', 'checkpointed_block_attention', 'sape2_block_attention',
-    'uses_compiled_kernel', 'CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel',
-    'uses_cpu_kernel'
+    'COUNT_FROM_CHOICES', 'contextual_positions', 'table_positions', 'interpolate_table',
+    'table_logits', 'axis_sape_vectors', 'sape_vectors', 'squared_distance_factors',
+    'grid_coordinates', 'lookup_bias', 'lookup_factors', 'pairwise_squared_l2',
+    'rounding_floor', 'safe_sqrt', 'pairwise_l2', 'sape_bias', 'fused_squared_distance_qk',
+    'BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
+    'compiled_kernel_for', 'sape2_attention_python_forward', 'sape2_attention_python_backward',
+    'sape2_block_attention', 'uses_compiled_kernel', 'lookup_block_attention',
+    'flex_lookup_attention', 'CPU_KERNEL_ENV', 'load_cpu_kernel',
+    'sape2_attention_cpu_forward', 'sape2_attention_cpu_backward',
+    'sape2_lookup_attention_cpu_forward', 'sape2_lookup_attention_cpu_backward', 'uses_cpu_kernel'
 ]

@@ -13,20 +13,27 @@ the squared-distance model) or through the safe square root of
 ``sq > floor`` and ``D = 0`` with zero gradient at or below the rounding floor.
 
 :func:`sape2_block_attention` is the one entry point; it picks the kernel for
-the inputs' device and dtype (a compiled kernel for another device joins there
-and in :func:`uses_compiled_kernel`). The kernels give the same results up to
-float rounding:
+the inputs' device and dtype (:func:`compiled_kernel_for`). The kernels give
+the same results up to float rounding:
 
 * the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for float32 CPU
   tensors (tiled, each pair of distance tiles computed once);
-* :class:`SaPE2AttentionFunction`, a pure-PyTorch autograd function over query
-  blocks: every other device and dtype (CUDA, float64, half).
+* the fused Triton kernels of :mod:`.sape2_attention_triton`, on CUDA GPUs
+  (compute capability >= 8.0) where Triton is installed;
+* the Python kernel (:func:`sape2_attention_python_forward` and its backward),
+  pure PyTorch over query blocks: every other device and dtype (float64, CUDA
+  without Triton, ...).
 
-Memory. Both keep only q, k, v, the output, the factors and the per-row
+Each kernel is a pair of PyTorch custom operators with fake implementations
+and one autograd formula (:mod:`.attention_autograd`), so that
+``torch.compile`` traces a SaPE² model without graph breaks and
+``torch.export`` records one op per attention.
+
+Memory. All keep only q, k, v, the output, the factors and the per-row
 logsumexp for backward, i.e. O(N * (d + W + H)) per head, and recompute the
 probabilities of each block in backward. The Python kernel walks over blocks
 of ``block_size`` queries of one (batch, head) at a time on a handful of
-``block_size x N`` buffers, allocated once per call. Neither has attention
+``block_size x N`` buffers, allocated once per call. None has attention
 dropout: :func:`checkpointed_block_attention` serves that case with the same
 memory bound.
 
@@ -43,17 +50,22 @@ root, then set to exactly 0 by a second ``threshold``; see
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
 import math
+import os
+import warnings
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from .attention_autograd import fake_attention_outputs, register_attention_autograd
 from .functional import sape_bias
-from .sape2_attention_cpu import SaPE2CPUAttentionFunction, uses_cpu_kernel
+from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
+from .sape2_attention_triton import MAX_HEAD_DIMS as TRITON_MAX_HEAD_DIMS
+from .sape2_attention_triton import Q_DTYPES as TRITON_Q_DTYPES
+from .sape2_attention_triton import sape2_attention_triton, triton_unavailable_reason
 
 #: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
 #: buffers of a block are then about as large as a core's L2 cache, and the
@@ -160,100 +172,113 @@ class _BlockLogits:
         return self.inverses[axis][:rows]
 
 
-class SaPE2AttentionFunction(torch.autograd.Function):
-    """Exact SaPE² attention in query blocks; O(N) memory for backward.
+@torch.library.custom_op('mmsape::sape2_attention_python', mutates_args=())
+def sape2_attention_python_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: List[Tensor],
+                                   key_factors: List[Tensor], floors: Optional[Tensor],
+                                   root: bool, sign: float,
+                                   block_size: int) -> Tuple[Tensor, Tensor]:
+    """The Python kernel's forward: ``(out, lse)``, ``lse`` the ``(..., N)`` row
+    log-sum-exp of the logits. See :func:`sape2_block_attention`."""
+    num_axes = len(query_factors)
+    num_tokens = q.shape[-2]
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    out = torch.empty_like(v3)
+    lse = q3.new_empty(q3.shape[:-1])
+    block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
+    for head, floor_values in enumerate(_floor_values(floors, q3.shape[0], num_axes)):
+        block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values)
+        for start in range(0, num_tokens, block_size):
+            rows = slice(start, start + block_size)
+            logits = block_logits(q3[head, rows], [f[head, rows] for f in qf3])
+            row_max = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(row_max).exp_()  # unnormalised
+            row_sum = probs.sum(dim=1, keepdim=True)
+            # Normalise the (rows, d) output rather than the (rows, N) weights.
+            torch.mm(probs, v3[head], out=out[head, rows]).div_(row_sum)
+            torch.add(row_max, row_sum.log_(), out=lse[head, rows, None])
+    return out.view(v.shape), lse.view(q.shape[:-1])
 
-    Use through :func:`sape2_block_attention`. Not twice differentiable.
-    """
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
-                root: bool, sign: float, block_size: int, *factors: Tensor) -> Tensor:
-        num_axes = len(factors) // 2
-        query_factors, key_factors = factors[:num_axes], factors[num_axes:]
-        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
-        q3, k3, v3 = (t.reshape(-1, num_tokens, t.shape[-1]) for t in (q, k, v))
-        qf3, kf3 = ([f.reshape(-1, num_tokens, f.shape[-1]) for f in fs]
-                    for fs in (query_factors, key_factors))
-        floor_values = _floor_values(floors, q3.shape[0], num_axes)
-        out = v3.new_empty(v3.shape)
-        lse = q3.new_empty(q3.shape[:-1])
-        block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
-        for head in range(q3.shape[0]):
-            block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values[head])
-            for start in range(0, num_tokens, block_size):
-                rows = slice(start, start + block_size)
-                logits = block_logits(q3[head, rows], [f[head, rows] for f in qf3])
-                row_max = logits.amax(dim=1, keepdim=True)
-                probs = logits.sub_(row_max).exp_()  # unnormalised
-                row_sum = probs.sum(dim=1, keepdim=True)
-                # Normalise the (rows, d) output rather than the (rows, N) weights.
-                torch.mm(probs, v3[head], out=out[head, rows]).div_(row_sum)
-                torch.add(row_max, row_sum.log_(), out=lse[head, rows, None])
-        out = out.view(*batch_shape, num_tokens, v.shape[-1])
-        ctx.save_for_backward(q3, k3, v3, out, lse, *qf3, *kf3)
-        ctx.floor_values = floor_values
-        ctx.root, ctx.sign, ctx.block_size, ctx.num_axes = root, sign, block_size, num_axes
-        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
-        return out
+@sape2_attention_python_forward.register_fake
+def _(q, k, v, query_factors, key_factors, floors, root, sign, block_size):
+    return fake_attention_outputs(q, v)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q3, k3, v3, out, lse, *factors = ctx.saved_tensors
-        num_axes, block_size, sign = ctx.num_axes, ctx.block_size, ctx.sign
-        qf3, kf3 = factors[:num_axes], factors[num_axes:]
-        num_heads, num_tokens, head_dims = q3.shape
-        grad_out = grad_out.reshape(num_heads, num_tokens, -1)
-        # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
-        delta = (grad_out * out.reshape(grad_out.shape)).sum(-1, keepdim=True)
-        # Query-side gradients are written block by block, key-side ones summed.
-        grad_q = torch.empty_like(q3)
-        grad_k, grad_v = torch.zeros_like(k3), torch.zeros_like(v3)
-        grad_qf = [torch.empty_like(f) for f in qf3]
-        grad_kf = [torch.zeros_like(f) for f in kf3]
-        grad_probs = q3.new_empty(min(block_size, num_tokens), num_tokens)
-        block_logits = _BlockLogits(k3, block_size, num_axes, ctx.root, sign, with_inverse=True)
-        for head in range(num_heads):
-            block_logits.set_head(k3[head], [f[head] for f in kf3], ctx.floor_values[head])
-            for start in range(0, num_tokens, block_size):
-                rows = slice(start, start + block_size)
-                queries = q3[head, rows]
-                query_factors = [f[head, rows] for f in qf3]
-                logits = block_logits(queries, query_factors)
-                probs = logits.sub_(lse[head, rows, None]).exp_()
-                block_grad_out = grad_out[head, rows]
-                grad_v[head].addmm_(probs.t(), block_grad_out)
-                # dS = P * (dP - delta), in the dP buffer.
-                grad_logits = torch.mm(block_grad_out, v3[head].t(),
-                                       out=grad_probs[:probs.shape[0]])
-                grad_logits.sub_(delta[head, rows]).mul_(probs)
-                torch.mm(grad_logits, k3[head], out=grad_q[head, rows])
-                grad_k[head].addmm_(grad_logits.t(), queries)
-                for axis in range(num_axes):
-                    if ctx.root:
-                        # d bias / d sq = 0.5 / D: the chain factor is -1/D held
-                        # in the inverse buffer; -0.5 * sign is applied at the end.
-                        grad_squared = block_logits.inverse(axis, probs.shape[0])
-                        grad_squared.mul_(grad_logits)
-                    else:
-                        grad_squared = grad_logits
-                    torch.mm(grad_squared, kf3[axis][head], out=grad_qf[axis][head, rows])
-                    grad_kf[axis][head].addmm_(grad_squared.t(), query_factors[axis])
-        scale = head_dims**-0.5
-        grad_q.mul_(scale)
-        grad_k.mul_(scale)
-        factor_scale = -0.5 * sign if ctx.root else sign
-        if factor_scale != 1:
-            for grad in (*grad_qf, *grad_kf):
-                grad.mul_(factor_scale)
-        shapes = ctx.shapes
-        grads = [g.view(shape) for g, shape in zip((grad_q, grad_k, grad_v, *grad_qf, *grad_kf),
-                                                   shapes)]
-        needs = ctx.needs_input_grad
-        tensor_needs = needs[:3] + needs[7:]
-        grads = [g if need else None for g, need in zip(grads, tensor_needs)]
-        return (*grads[:3], None, None, None, None, *grads[3:])
+
+@torch.library.custom_op('mmsape::sape2_attention_python_backward', mutates_args=())
+def sape2_attention_python_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        query_factors: List[Tensor], key_factors: List[Tensor], floors: Optional[Tensor],
+        root: bool, sign: float,
+        block_size: int) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """The Python kernel's backward: gradients of q, k, v and of every factor."""
+    num_axes = len(query_factors)
+    factor_shapes = [f.shape for f in (*query_factors, *key_factors)]
+    q3, k3, v3, out3, grad_out3 = (_heads_first(t) for t in (q, k, v, out, grad_out))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    lse2 = lse.reshape(q3.shape[:-1])
+    num_heads, num_tokens, head_dims = q3.shape
+    # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
+    delta = (grad_out3 * out3).sum(-1, keepdim=True)
+    # Query-side gradients are written block by block, key-side ones summed.
+    grad_q = torch.empty_like(q3)
+    grad_k, grad_v = torch.zeros_like(k3), torch.zeros_like(v3)
+    grad_qf = [torch.empty_like(f) for f in qf3]
+    grad_kf = [torch.zeros_like(f) for f in kf3]
+    grad_probs = q3.new_empty(min(block_size, num_tokens), num_tokens)
+    block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=True)
+    for head, floor_values in enumerate(_floor_values(floors, num_heads, num_axes)):
+        block_logits.set_head(k3[head], [f[head] for f in kf3], floor_values)
+        for start in range(0, num_tokens, block_size):
+            rows = slice(start, start + block_size)
+            queries = q3[head, rows]
+            query_factors = [f[head, rows] for f in qf3]
+            logits = block_logits(queries, query_factors)
+            probs = logits.sub_(lse2[head, rows, None]).exp_()
+            block_grad_out = grad_out3[head, rows]
+            grad_v[head].addmm_(probs.t(), block_grad_out)
+            # dS = P * (dP - delta), in the dP buffer.
+            grad_logits = torch.mm(block_grad_out, v3[head].t(),
+                                   out=grad_probs[:probs.shape[0]])
+            grad_logits.sub_(delta[head, rows]).mul_(probs)
+            torch.mm(grad_logits, k3[head], out=grad_q[head, rows])
+            grad_k[head].addmm_(grad_logits.t(), queries)
+            for axis in range(num_axes):
+                if root:
+                    # d bias / d sq = 0.5 / D: the chain factor is -1/D held
+                    # in the inverse buffer; -0.5 * sign is applied at the end.
+                    grad_squared = block_logits.inverse(axis, probs.shape[0])
+                    grad_squared.mul_(grad_logits)
+                else:
+                    grad_squared = grad_logits
+                torch.mm(grad_squared, kf3[axis][head], out=grad_qf[axis][head, rows])
+                grad_kf[axis][head].addmm_(grad_squared.t(), query_factors[axis])
+    scale = head_dims**-0.5
+    grad_q.mul_(scale)
+    grad_k.mul_(scale)
+    factor_scale = -0.5 * sign if root else sign
+    if factor_scale != 1:
+        for grad in (*grad_qf, *grad_kf):
+            grad.mul_(factor_scale)
+    return (grad_q.view(q.shape), grad_k.view(k.shape), grad_v.view(v.shape),
+            [g.view(shape) for g, shape in zip(grad_qf, factor_shapes[:num_axes])],
+            [g.view(shape) for g, shape in zip(grad_kf, factor_shapes[num_axes:])])
+
+
+@sape2_attention_python_backward.register_fake
+def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sign, block_size):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [f.new_empty(f.shape) for f in query_factors],
+            [f.new_empty(f.shape) for f in key_factors])
+
+
+register_attention_autograd(sape2_attention_python_forward, sape2_attention_python_backward,
+                            num_tensor_args=6)
+
+
+def _heads_first(tensor: Tensor) -> Tensor:
+    """``(..., N, C)`` -> ``(B*heads, N, C)``."""
+    return tensor.reshape(-1, *tensor.shape[-2:])
 
 
 def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> List[List[float]]:
@@ -265,14 +290,21 @@ def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> Li
 
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
                           key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
-                          sign: float = 1., block_size: int = 128,
-                          symmetric: bool = False) -> Tensor:
+                          sign: float = 1., block_size: int = 128, symmetric: bool = False,
+                          kernel: Optional[str] = None) -> Tensor:
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
-    in query blocks, without any N x N tensor saved for backward.
+    in tiles or query blocks, without any N x N tensor saved for backward.
 
-    Float32 CPU inputs with ``symmetric=True`` go through the compiled CPU kernel
-    when it is available (:func:`~.sape2_attention_cpu.load_cpu_kernel`),
-    everything else through :class:`SaPE2AttentionFunction`.
+    The kernel follows the device and the factors' dtype
+    (:func:`compiled_kernel_for`): float32 factors on a CUDA GPU where Triton
+    runs go through the fused Triton kernels
+    (:func:`~.sape2_attention_triton.sape2_attention_triton`, q, k and v in
+    their own dtype, float32, float16 or bfloat16); float32 CPU inputs with
+    ``symmetric=True`` through the compiled CPU kernel when it is available
+    (:func:`~.sape2_attention_cpu.load_cpu_kernel`); everything else through
+    the Python kernel (:func:`sape2_attention_python_forward`). All are custom
+    operators (:mod:`.attention_autograd`): ``torch.compile`` traces this
+    function without a graph break.
 
     Args:
         q (Tensor): ``(..., N, d)`` queries.
@@ -290,37 +322,109 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         sign (float): +1 or -1, the sign of the bias. Defaults to 1.
         block_size (int): Python kernel only: most queries per block; fewer
             when ``block_size x N`` exceeds :data:`BLOCK_ELEMENTS` (but at least
-            16). The compiled kernel has fixed cache-sized tiles. Defaults to 128.
+            16). The compiled kernels have fixed or autotuned tiles.
+            Defaults to 128.
         symmetric (bool): The factors of every axis are those that
             :func:`~.functional.squared_distance_factors` makes of one set of
-            vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled kernel then
-            computes the distances of each pair of tiles once, for both
+            vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled CPU kernel
+            then computes the distances of each pair of tiles once, for both
             orientations. Defaults to False.
+        kernel (str, optional): One of :data:`KERNELS` to force a kernel (for
+            benchmarks and tests); None picks as described. Defaults to None.
 
     Returns:
-        Tensor: ``(..., N, dv)``, in the common dtype of the inputs (the caller
-        casts; all inputs must share one floating dtype and device).
+        Tensor: ``(..., N, dv)`` in v's dtype. The CPU and Python kernels
+        attend in the factors' dtype (q, k and v are cast to it; float32
+        factors for half q, k, v); all tensors on one device.
     """
     if root and floors is None:
         raise ValueError('root=True needs the rounding floors of the squared distances.')
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
-    tensors = [t.contiguous() for t in (q, k, v, *query_factors, *key_factors)]
-    # The kernel dispatch: a compiled kernel for another device joins here (and
-    # in uses_compiled_kernel), the Python kernel serves everything else.
-    if symmetric and uses_cpu_kernel(q.device, q.dtype):
-        return SaPE2CPUAttentionFunction.apply(*tensors[:3], floors, root, float(sign),
-                                               *tensors[3:])
-    num_tokens = q.shape[-2]
-    block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
-    return SaPE2AttentionFunction.apply(*tensors[:3], floors, root, float(sign), block_size,
-                                        *tensors[3:])
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f'kernel must be one of {KERNELS} or None, got {kernel!r}.')
+    query_factors = [f.contiguous() for f in query_factors]
+    key_factors = [f.contiguous() for f in key_factors]
+    dtype = query_factors[0].dtype
+    if kernel is None:
+        kernel = _kernel_for_inputs(q, v, dtype, len(query_factors), symmetric)
+    floors = floors if root else None
+    out_dtype = v.dtype
+    if kernel == 'triton':
+        if q.dtype not in TRITON_Q_DTYPES:
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+        out = sape2_attention_triton(q, k, v, query_factors, key_factors, floors, root, sign)
+        return out.to(out_dtype)
+    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+    if kernel == 'cpu':
+        out = sape2_attention_cpu(q, k, v, query_factors, key_factors, floors, root, sign)
+    else:
+        num_tokens = q.shape[-2]
+        block_size = max(1, min(int(block_size), max(16, BLOCK_ELEMENTS // num_tokens)))
+        out, _ = sape2_attention_python_forward(q, k, v, query_factors, key_factors, floors,
+                                                bool(root), float(sign), block_size)
+    return out.to(out_dtype)
+
+
+#: Environment variable: ``0`` skips the fused Triton kernels on CUDA (the
+#: Python kernel runs instead, as where Triton cannot run, without a warning).
+TRITON_ENV = 'MMSAPE_SAPE2_TRITON'
+#: The kernels of :func:`sape2_block_attention`: the compiled CPU kernel, the
+#: fused Triton kernels, the Python kernel.
+KERNELS = ('cpu', 'triton', 'python')
+
+
+def _kernel_for_inputs(q: Tensor, v: Tensor, dtype: torch.dtype, num_axes: int,
+                       symmetric: bool) -> str:
+    compiled = compiled_kernel_for(q.device, dtype)
+    if compiled == 'cpu' and symmetric:
+        return 'cpu'
+    if compiled == 'triton' and num_axes <= 2 and max(q.shape[-1],
+                                                      v.shape[-1]) <= TRITON_MAX_HEAD_DIMS:
+        return 'triton'
+    return 'python'
+
+
+# Reasons the Triton kernels could not run that a warning has reported.
+_reported_triton_failures: Set[str] = set()
+
+
+@torch.compiler.assume_constant_result
+def compiled_kernel_for(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """The compiled kernel that :func:`sape2_block_attention` runs (symmetric)
+    inputs of this device and factor dtype through, or None for the Python kernel.
+
+    ``'cpu'``: the compiled CPU kernel, for float32 on the CPU where it could be
+    built. ``'triton'``: the fused Triton kernels, for float32 factors on a CUDA
+    GPU where they run (Triton installed, compute capability >= 8.0); where
+    they cannot, one warning says why, and the Python kernel (and, in
+    :class:`~mmsape.models.SaPE2`, the other PyTorch paths) take over.
+    ``MMSAPE_SAPE2_TRITON=0`` (:data:`TRITON_ENV`) skips the Triton kernels.
+
+    ``torch.compile`` calls this once per traced graph and keeps the answer
+    (setting ``MMSAPE_SAPE2_CPU_KERNEL`` later does not retrace).
+    """
+    if device.type == 'cpu':
+        return 'cpu' if uses_cpu_kernel(device, dtype) else None
+    if device.type != 'cuda' or dtype != torch.float32 or os.environ.get(TRITON_ENV) == '0':
+        return None
+    reason = triton_unavailable_reason(device)
+    if reason is None:
+        return 'triton'
+    if reason not in _reported_triton_failures:
+        _reported_triton_failures.add(reason)
+        warnings.warn(
+            f'The fused Triton kernels of exact SaPE² attention cannot run on {device}: '
+            f'{reason}. SaPE² takes its PyTorch paths there instead (same results; slower, '
+            f"and impl='dense' holds an N x N bias).", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def uses_compiled_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`sape2_block_attention` runs symmetric inputs of this device
-    and dtype through a compiled kernel rather than the Python one."""
-    return uses_cpu_kernel(device, dtype)
+    and factor dtype through a compiled kernel (CPU or Triton) rather than the
+    Python one."""
+    return compiled_kernel_for(device, dtype) is not None
 
 
 def checkpointed_block_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -376,5 +480,8 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
         q_block, k, v, attn_mask=bias.to(q_block.dtype), dropout_p=dropout_p)
 
 
-__all__ = ['BLOCK_ELEMENTS', 'SaPE2AttentionFunction', 'checkpointed_block_attention',
-           'sape2_block_attention', 'uses_compiled_kernel']
+__all__ = [
+    'BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
+    'compiled_kernel_for', 'sape2_attention_python_backward', 'sape2_attention_python_forward',
+    'sape2_block_attention', 'uses_compiled_kernel'
+]

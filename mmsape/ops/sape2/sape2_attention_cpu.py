@@ -1,17 +1,31 @@
-"""The compiled CPU kernel of exact SaPE² attention (``csrc/sape2_attention_cpu.cpp``).
+"""The compiled CPU kernels of exact SaPE² attention (``csrc/``).
 
-For float32 CPU tensors: square tiles, one BLAS call per product and tile, the
-element-wise work (roots, online softmax, softmax backward, chain rule into the
-factors) fused into one vectorised pass per tile while it is in cache, and the
-distances of each pair of tiles computed once for both orientations (they are
-symmetric; the most expensive part of the bias). It is built with the PyTorch
-C++ extension tool the first time it is needed (about 40 s; cached in
-``TORCH_EXTENSIONS_DIR``). Set ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it
-cannot be built, a warning says why and the Python kernel of
-:mod:`.block_attention` runs instead, with the same results.
+For float32 CPU tensors, two kernels in one extension, both with square tiles,
+one BLAS call per product and tile and the element-wise work (online softmax,
+softmax backward, the bias and its chain rule) fused into one vectorised pass
+per tile while it is in cache:
 
-Use it through :func:`~.block_attention.sape2_block_attention`, which picks
-the kernel for the inputs' device and dtype.
+* the distance bias (``csrc/sape2_attention_cpu.cpp``): the distances of each
+  pair of tiles computed once for both orientations (they are symmetric; the
+  most expensive part of the bias); the operators ``mmsape::sape2_attention_cpu``
+  (forward: output and row log-sum-exp) and ``mmsape::sape2_attention_cpu_backward``;
+* the lookup bias of query-relative SaPE² (``csrc/sape2_lookup_attention_cpu.cpp``):
+  ``s^x_i[x_n] + s^y_i[y_n]`` added to each logits tile by grid-row segments of
+  the keys; the operators ``mmsape::sape2_lookup_attention_cpu`` and
+  ``mmsape::sape2_lookup_attention_cpu_backward``.
+
+The extension is built with the PyTorch C++ extension tool the first time it
+is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``). Set
+``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning says
+why and the Python kernel of :mod:`.block_attention` runs instead, with the
+same results.
+
+The operators have fake implementations and autograd (:mod:`.attention_autograd`):
+``torch.compile`` traces them as single nodes, without a graph break, and
+``torch.export`` records one op. Use the kernels through
+:func:`~.block_attention.sape2_block_attention` and
+:func:`~.lookup_attention.lookup_block_attention`, which pick the kernel for
+the inputs' device and dtype.
 """
 import logging
 import os
@@ -19,16 +33,18 @@ import os.path as osp
 import shutil
 import sys
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+
+from .attention_autograd import fake_attention_outputs, register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
-_CPU_KERNEL_SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc',
-                              'sape2_attention_cpu.cpp')
+_CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
+_CPU_KERNEL_SOURCES = [osp.join(_CSRC, name) for name in (
+    'pybind.cpp', 'sape2_attention_cpu.cpp', 'sape2_lookup_attention_cpu.cpp')]
 # The loaded extension, False once loading failed, None before the first try.
 _cpu_kernel = None
 
@@ -58,7 +74,8 @@ def load_cpu_kernel():
             load = _import_extension_loader()
             _cpu_kernel = load(
                 name=f'mmsape_sape2_attention_cpu_{capability.lower()}',
-                sources=[_CPU_KERNEL_SOURCE],
+                sources=_CPU_KERNEL_SOURCES,
+                extra_include_paths=[_CSRC],
                 extra_cflags=['-O3'] + _CAPABILITY_FLAGS.get(capability, []),
                 verbose=False)
         except Exception as error:  # a missing compiler raises several kinds
@@ -93,44 +110,142 @@ def _put_ninja_on_path() -> None:
         os.environ['PATH'] = interpreter_dir + os.pathsep + os.environ.get('PATH', '')
 
 
-class SaPE2CPUAttentionFunction(torch.autograd.Function):
+@torch.library.custom_op('mmsape::sape2_attention_cpu', mutates_args=(), device_types='cpu')
+def sape2_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: List[Tensor],
+                                key_factors: List[Tensor], floors: Optional[Tensor], root: bool,
+                                sign: float) -> Tuple[Tensor, Tensor]:
+    """The forward kernel: ``(out, lse)``, ``lse`` the ``(..., N)`` row
+    log-sum-exp of the logits. See :func:`sape2_attention_cpu`."""
+    num_axes = len(query_factors)
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    out, lse = _loaded_kernel().forward(q3, k3, v3, qf3, kf3, _floor_table(floors, q3, num_axes),
+                                        root, sign, q.shape[-1]**-0.5)
+    return out.view(v.shape), lse.view(q.shape[:-1])
+
+
+@sape2_attention_cpu_forward.register_fake
+def _(q, k, v, query_factors, key_factors, floors, root, sign):
+    return fake_attention_outputs(q, v)
+
+
+@torch.library.custom_op('mmsape::sape2_attention_cpu_backward', mutates_args=(),
+                         device_types='cpu')
+def sape2_attention_cpu_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        query_factors: List[Tensor], key_factors: List[Tensor], floors: Optional[Tensor],
+        root: bool, sign: float) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """The backward kernel: gradients of q, k, v and of every factor."""
+    num_axes = len(query_factors)
+    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
+    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    grads = _loaded_kernel().backward(
+        grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
+        lse.reshape(out3.shape[:-1]).contiguous(), qf3, kf3, _floor_table(floors, q3, num_axes),
+        root, sign, q.shape[-1]**-0.5)
+    grad_q, grad_k, grad_v = (g.view(t.shape) for g, t in zip(grads[:3], (q, k, v)))
+    return (grad_q, grad_k, grad_v,
+            [g.view(f.shape) for g, f in zip(grads[3:3 + num_axes], query_factors)],
+            [g.view(f.shape) for g, f in zip(grads[3 + num_axes:], key_factors)])
+
+
+@sape2_attention_cpu_backward.register_fake
+def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sign):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [f.new_empty(f.shape) for f in query_factors],
+            [f.new_empty(f.shape) for f in key_factors])
+
+
+register_attention_autograd(sape2_attention_cpu_forward, sape2_attention_cpu_backward,
+                            num_tensor_args=6)
+
+
+def sape2_attention_cpu(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
+                        key_factors: Sequence[Tensor], floors: Optional[Tensor], root: bool,
+                        sign: float = 1.) -> Tensor:
     """Exact SaPE² attention through the compiled CPU kernel; O(N) memory.
 
-    The factors must be symmetric (see ``symmetric`` of
-    :func:`~.block_attention.sape2_block_attention`). Use through that function.
-    Not twice differentiable.
+    Float32 CPU tensors; the arguments mean what they mean for
+    :func:`~.block_attention.sape2_block_attention`, whose ``symmetric``
+    factors this kernel needs. Differentiable (not twice). Use through that
+    function, which checks the inputs and picks the kernel.
+
+    Returns:
+        Tensor: ``(..., N, dv)``.
     """
+    out, _ = sape2_attention_cpu_forward(q, k, v, list(query_factors), list(key_factors),
+                                         floors if root else None, bool(root), float(sign))
+    return out
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, floors: Optional[Tensor],
-                root: bool, sign: float, *factors: Tensor) -> Tensor:
-        kernel = load_cpu_kernel()
-        num_axes = len(factors) // 2
-        batch_shape, num_tokens = q.shape[:-2], q.shape[-2]
-        q3, k3, v3, *factors3 = (t.reshape(-1, num_tokens, t.shape[-1])
-                                 for t in (q, k, v, *factors))
-        floors2 = (floors.detach().reshape(q3.shape[0], num_axes).contiguous()
-                   if root else q3.new_empty(0))
-        scale = q.shape[-1]**-0.5
-        out, lse = kernel.forward(q3, k3, v3, factors3[:num_axes], factors3[num_axes:], floors2,
-                                  root, sign, scale)
-        ctx.save_for_backward(q3, k3, v3, out, lse, floors2, *factors3)
-        ctx.root, ctx.sign, ctx.scale, ctx.num_axes = root, sign, scale, num_axes
-        ctx.shapes = (q.shape, k.shape, v.shape, *(f.shape for f in factors))
-        return out.view(*batch_shape, num_tokens, v.shape[-1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q3, k3, v3, out, lse, floors2, *factors3 = ctx.saved_tensors
-        grad_out = grad_out.reshape(out.shape).contiguous()
-        grads = load_cpu_kernel().backward(
-            grad_out, q3, k3, v3, out, lse, factors3[:ctx.num_axes], factors3[ctx.num_axes:],
-            floors2, ctx.root, ctx.sign, ctx.scale)
-        grads = [g.view(shape) if need else None
-                 for g, shape, need in zip(grads, ctx.shapes,
-                                           ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:])]
-        return (*grads[:3], None, None, None, *grads[3:])
+def _loaded_kernel():
+    kernel = load_cpu_kernel()
+    if kernel is None:
+        raise RuntimeError('The compiled SaPE² CPU kernel is not available (see the warning '
+                           'of load_cpu_kernel, or unset MMSAPE_SAPE2_CPU_KERNEL=0); '
+                           'sape2_block_attention runs the Python kernel instead.')
+    return kernel
+
+
+def _heads_first(tensor: Tensor) -> Tensor:
+    """``(..., N, C)`` -> contiguous ``(B*heads, N, C)``, as the kernel takes them."""
+    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
+
+
+def _floor_table(floors: Optional[Tensor], q3: Tensor, num_axes: int) -> Tensor:
+    """``(B*heads, num_axes)`` floors; an empty tensor (unread) for squared distances."""
+    if floors is None:
+        return q3.new_empty(0)
+    return floors.detach().reshape(q3.shape[0], num_axes).contiguous()
+
+
+@torch.library.custom_op('mmsape::sape2_lookup_attention_cpu', mutates_args=(),
+                         device_types='cpu')
+def sape2_lookup_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
+                                       y_vectors: Tensor, height: int, width: int,
+                                       num_prefix: int) -> Tuple[Tensor, Tensor]:
+    """Query-relative SaPE² attention with the lookup bias through the compiled
+    CPU kernel: ``(out, lse)``; O(N) memory.
+
+    ``softmax(q k^T / sqrt(d) + bias) v`` with ``bias_in = s^x_i[x_n] + s^y_i[y_n]``
+    between patch tokens (0 in the rows and columns of the ``num_prefix``
+    prefix tokens). Use through :func:`~.lookup_attention.lookup_block_attention`.
+    """
+    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
+    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    out, lse = _loaded_kernel().lookup_forward(q3, k3, v3, x3, y3, height, width, num_prefix,
+                                               q.shape[-1]**-0.5)
+    return out.view(v.shape), lse.view(q.shape[:-1])
+
+
+@sape2_lookup_attention_cpu_forward.register_fake
+def _(q, k, v, x_vectors, y_vectors, height, width, num_prefix):
+    return fake_attention_outputs(q, v)
+
+
+@torch.library.custom_op('mmsape::sape2_lookup_attention_cpu_backward', mutates_args=(),
+                         device_types='cpu')
+def sape2_lookup_attention_cpu_backward(
+        grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        x_vectors: Tensor, y_vectors: Tensor, height: int, width: int,
+        num_prefix: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The lookup kernel's backward: gradients of q, k, v and of both SaPE vectors."""
+    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
+    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    grads = _loaded_kernel().lookup_backward(
+        grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
+        lse.reshape(out3.shape[:-1]).contiguous(), x3, y3, height, width, num_prefix,
+        q.shape[-1]**-0.5)
+    return tuple(g.view(t.shape) for g, t in zip(grads, (q, k, v, x_vectors, y_vectors)))
+
+
+@sape2_lookup_attention_cpu_backward.register_fake
+def _(grad_out, q, k, v, out, lse, x_vectors, y_vectors, height, width, num_prefix):
+    return tuple(t.new_empty(t.shape) for t in (q, k, v, x_vectors, y_vectors))
+
+
+register_attention_autograd(sape2_lookup_attention_cpu_forward,
+                            sape2_lookup_attention_cpu_backward, num_tensor_args=5)
 
 
 def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
@@ -139,4 +254,7 @@ def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
 
 
-__all__ = ['CPU_KERNEL_ENV', 'SaPE2CPUAttentionFunction', 'load_cpu_kernel', 'uses_cpu_kernel']
+__all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
+           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward',
+           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward',
+           'uses_cpu_kernel']

@@ -3,6 +3,8 @@ and mmdet's FPN for the extra levels."""
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
+from mmcv.ops import RoIAlign
 from timm.layers import LayerNorm2d
 from torch import nn
 
@@ -142,6 +144,22 @@ def test_add_extra_convs_true_means_on_input():
     neck = SimpleFPN(16, 8, scale_factors=(1.0, 0.5), num_outs=4, add_extra_convs=True)
     assert neck.add_extra_convs == 'on_input'
     assert [conv.conv.in_channels for conv in neck.extra_convs] == [16, 8]
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='mmsape.LN2d', eps=1e-6), None])
+def test_levels_feed_mmcv_roi_align_correctly(norm_cfg):
+    """The RoI heads read the levels through mmcv's RoIAlign, whose kernels take
+    the buffer as contiguous NCHW: its features must equal torchvision's
+    (stride-aware) RoIAlign on every level."""
+    torch.manual_seed(0)
+    neck = SimpleFPN(in_channels=16, out_channels=8, norm_cfg=norm_cfg)
+    rois = torch.tensor([[0, 3., 5., 40., 30.], [1, 20., 2., 60., 45.], [1, 0., 0., 70., 50.]])
+    for stride, level in zip((4, 8, 16, 32, 64), neck((torch.rand(2, 16, 5, 7), ))):
+        assert level.is_contiguous()
+        ours = RoIAlign(7, 1 / stride, sampling_ratio=2, aligned=True)(level, rois)
+        reference = torchvision.ops.roi_align(level.detach().contiguous(), rois, 7, 1 / stride,
+                                              sampling_ratio=2, aligned=True)
+        torch.testing.assert_close(ours, reference)
 
 
 def test_bad_options_and_inputs():

@@ -1,8 +1,9 @@
-"""Tests of RoPE2D against a naive implementation of RoPE-ViT's formulas."""
+"""Tests of RoPE2D against naive implementations of RoPE-ViT's and DINOv3's formulas."""
 import math
 
 import pytest
 import torch
+import torch._dynamo
 
 from mmsape.models.pos_encodings import RoPE2D, build_pos_encoding
 from mmsape.models.pos_encodings.base import TokenGrid
@@ -233,3 +234,289 @@ def test_rope_axial_embedding_cached_in_inference_mode_does_not_reach_training()
     q = torch.randn(1, NUM_HEADS, grid.num_tokens, HEAD_DIMS, requires_grad=True)
     rope.attention(0, q, q, q, grid).sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+# --- normalised coordinates (DINOv3's RopePositionEmbedding) ------------------------
+
+# Coordinates read back from float32 angles.
+COORD_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def naive_dinov3_coords(height, width, normalize_coords):
+    """(H*W, 2) patch-centre (row, column) coordinates: 2 (i + 0.5) / D - 1."""
+    denominators = {'separate': (height, width), 'max': (max(height, width), ) * 2,
+                    'min': (min(height, width), ) * 2}[normalize_coords]
+    coords = torch.zeros(height * width, 2, dtype=torch.float64)
+    for row in range(height):
+        for col in range(width):
+            coords[row * width + col, 0] = 2 * (row + .5) / denominators[0] - 1
+            coords[row * width + col, 1] = 2 * (col + .5) / denominators[1] - 1
+    return coords
+
+
+def naive_dinov3_periods(head_dims, base=100., min_period=None, max_period=None):
+    """p_i = base^(i / (d/4)), or min_period (max_period / min_period)^(i / (d/4 - 1))."""
+    quarter = head_dims // 4
+    if min_period is not None:
+        return [min_period * (max_period / min_period)**(i / (quarter - 1)) for i in range(quarter)]
+    return [base**(i / quarter) for i in range(quarter)]
+
+
+def naive_dinov3_rotate(x, coords, periods, num_prefix):
+    """Pairs (x[i], x[i + d/2]) turn by 2 pi c / p: the first d/4 by the row, the rest by
+    the column."""
+    half = x.shape[-1] // 2
+    angles = torch.zeros(coords.shape[0], half, dtype=torch.float64)
+    for token in range(coords.shape[0]):
+        for axis in range(2):
+            for i, period in enumerate(periods):
+                angles[token, axis * len(periods) + i] = 2 * math.pi * coords[token, axis] / period
+    prefix, patches = x[:, :, :num_prefix].double(), x[:, :, num_prefix:].double()
+    pairs = torch.complex(patches[..., :half], patches[..., half:])
+    rotated = pairs * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([prefix, torch.cat([rotated.real, rotated.imag], dim=-1)], dim=2)
+
+
+def recovered_coords(rope, grid):
+    """(H*W, 2) (row, column) coordinates read back from the lowest-frequency angles.
+
+    That period is theta^((d/4 - 1) / (d/4)) (31.6 for d=16, theta=100), so angles of
+    coordinates below ~15 in size are not wrapped."""
+    embed = rope.rotary_embed(0, grid, torch.device('cpu')).double()
+    sin, cos = embed.chunk(2, dim=-1)
+    quarter = HEAD_DIMS // 4
+    period = rope.theta**((quarter - 1) / quarter)
+    lowest = [quarter - 1, 2 * quarter - 1]  # row, column
+    return torch.atan2(sin[:, lowest], cos[:, lowest]) * period / (2 * math.pi)
+
+
+def dinov3_rope(**options):
+    return RoPE2D(**backbone_args(num_prefix_tokens=1), normalize_coords=options.pop(
+        'normalize_coords', 'separate'), **options)
+
+
+@pytest.mark.parametrize('normalize_coords', ['separate', 'min', 'max'])
+@pytest.mark.parametrize('hw', [(3, 3), (2, 5), (5, 2), (1, 4)])
+@pytest.mark.parametrize('num_prefix', [0, 1, 3])
+def test_normalized_coords_match_naive_dinov3(normalize_coords, hw, num_prefix):
+    torch.manual_seed(0)
+    rope = RoPE2D(**backbone_args(num_prefix_tokens=num_prefix), normalize_coords=normalize_coords)
+    assert rope.theta == 100.  # DINOv3's base
+    grid = TokenGrid(*hw, num_prefix=num_prefix)
+    q, k, v = torch.randn(3, 2, NUM_HEADS, grid.num_tokens, HEAD_DIMS, dtype=torch.float64)
+    coords = naive_dinov3_coords(*hw, normalize_coords)
+    periods = naive_dinov3_periods(HEAD_DIMS)
+    q_rot = naive_dinov3_rotate(q, coords, periods, num_prefix)
+    k_rot = naive_dinov3_rotate(k, coords, periods, num_prefix)
+    torch.testing.assert_close(rope.rotate(0, q, grid), q_rot, **ANGLE_TOL)
+    torch.testing.assert_close(rope.attention(1, q, k, v, grid),
+                               naive_attention(q_rot, k_rot, v), **ANGLE_TOL)
+
+
+@pytest.mark.parametrize('periods', [dict(theta=10.), dict(min_period=.5, max_period=8.)])
+def test_normalized_coords_periods(periods):
+    torch.manual_seed(0)
+    rope = dinov3_rope(**periods)
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q = torch.randn(2, NUM_HEADS, grid.num_tokens, HEAD_DIMS, dtype=torch.float64)
+    expected = naive_dinov3_rotate(
+        q, naive_dinov3_coords(3, 4, 'separate'),
+        naive_dinov3_periods(HEAD_DIMS, base=periods.get('theta'),
+                             min_period=periods.get('min_period'),
+                             max_period=periods.get('max_period')), 1)
+    torch.testing.assert_close(rope.rotate(0, q, grid), expected, **ANGLE_TOL)
+
+
+def test_normalized_coords_at_twice_the_grid_sample_the_same_range():
+    """Patch centres span the same [-1, 1] at any grid size: a 2x grid halves the
+    spacing, and each pair of its patches averages to the centre of the patch they
+    split."""
+    rope = dinov3_rope().eval()
+    for height, width in [(3, 5), (4, 4)]:
+        small = recovered_coords(rope, TokenGrid(height, width)).view(height, width, 2)
+        large = recovered_coords(rope, TokenGrid(2 * height, 2 * width)).view(
+            2 * height, 2 * width, 2)
+        for coords, (h, w) in ((small, (height, width)), (large, (2 * height, 2 * width))):
+            corner = torch.tensor([1 - 1 / h, 1 - 1 / w], dtype=torch.float64)
+            torch.testing.assert_close(coords[0, 0], -corner, **COORD_TOL)
+            torch.testing.assert_close(coords[-1, -1], corner, **COORD_TOL)
+        pooled = large.view(height, 2, width, 2, 2).mean(dim=(1, 3))
+        torch.testing.assert_close(pooled, small, **COORD_TOL)
+
+
+def test_normalized_coords_min_and_max_on_non_square_grids():
+    height, width = 2, 4
+    grid = TokenGrid(height, width)
+    by_max = recovered_coords(dinov3_rope(normalize_coords='max'), grid).view(height, width, 2)
+    by_min = recovered_coords(dinov3_rope(normalize_coords='min'), grid).view(height, width, 2)
+    def expect(values):
+        return dict(expected=torch.tensor(values, dtype=torch.float64), **COORD_TOL)
+
+    # 'max': the longer axis (columns) spans [-1, 1], the rows keep the same spacing.
+    torch.testing.assert_close(by_max[0, :, 1], **expect([-.75, -.25, .25, .75]))
+    torch.testing.assert_close(by_max[:, 0, 0], **expect([-.75, -.25]))
+    # 'min': the shorter axis (rows) spans [-1, 1], the columns reach beyond.
+    torch.testing.assert_close(by_min[:, 0, 0], **expect([-.5, .5]))
+    torch.testing.assert_close(by_min[0, :, 1], **expect([-.5, .5, 1.5, 2.5]))
+
+
+def test_normalized_coords_eval_is_deterministic_and_unaugmented():
+    grid = TokenGrid(3, 4)
+    plain = recovered_coords(dinov3_rope().eval(), grid)
+    augmented = dinov3_rope(shift_coords=.3, jitter_coords=1.5, rescale_coords=2.).eval()
+    first, second = recovered_coords(augmented, grid), recovered_coords(augmented, grid)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, plain, **COORD_TOL)
+    # Training without augmentation options is plain too.
+    torch.testing.assert_close(recovered_coords(dinov3_rope().train(), grid), plain, **COORD_TOL)
+
+
+def uniform_ks_statistic(samples, low, high):
+    """Kolmogorov-Smirnov distance between the samples and U(low, high)."""
+    ordered = samples.sort().values
+    cdf = ((ordered - low) / (high - low)).clamp(0, 1)
+    n = len(ordered)
+    above = torch.arange(1, n + 1, dtype=ordered.dtype) / n - cdf
+    below = cdf - torch.arange(n, dtype=ordered.dtype) / n
+    return max(above.max().item(), below.max().item())
+
+
+DRAWS = 2000
+# KS critical value for 2000 draws at a 1e-4 false-alarm rate: sqrt(-ln(5e-5) / 2) / sqrt(n).
+KS_CRITICAL = math.sqrt(-math.log(5e-5) / 2) / math.sqrt(DRAWS)
+
+
+@pytest.mark.parametrize('augmentation', ['shift_coords', 'jitter_coords', 'rescale_coords'])
+def test_training_augmentation_distributions(augmentation):
+    """Each draw moves every patch the same way; shifts are U(-s, s) per axis,
+    jitters log-uniform in [1/J, J] per axis, rescales log-uniform in [1/R, R]
+    for both axes at once."""
+    value = {'shift_coords': .4, 'jitter_coords': 1.5, 'rescale_coords': 2.}[augmentation]
+    grid = TokenGrid(2, 4)  # no coordinate is 0, so every patch shows the scale factors
+    plain = recovered_coords(dinov3_rope().eval(), grid)
+    rope = dinov3_rope(**{augmentation: value}).train()
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(DRAWS):
+        coords = recovered_coords(rope, grid)
+        if augmentation == 'shift_coords':
+            change = coords - plain  # (tokens, 2): one shift per axis
+        else:
+            change = (coords / plain).log()  # one log-factor per axis
+        torch.testing.assert_close(change, change[:1].expand_as(change), **COORD_TOL)  # all patches
+        draws.append(change[0])
+    draws = torch.stack(draws)  # (DRAWS, 2): row, column
+    bound = value if augmentation == 'shift_coords' else math.log(value)
+    assert draws.abs().max() <= bound + 1e-5
+    if augmentation == 'rescale_coords':
+        torch.testing.assert_close(draws[:, 0], draws[:, 1], **COORD_TOL)  # one factor, both axes
+    else:
+        assert (draws[:, 0] - draws[:, 1]).abs().min() > 0  # independent axes
+        assert abs(torch.corrcoef(draws.T)[0, 1].item()) < .1
+    for axis in range(2):
+        assert uniform_ks_statistic(draws[:, axis], -bound, bound) < KS_CRITICAL
+    # Seeded: the same seed gives the same draws.
+    torch.manual_seed(0)
+    torch.testing.assert_close(recovered_coords(rope, grid), plain + draws[0] if
+                               augmentation == 'shift_coords' else plain * draws[0].exp(),
+                               **COORD_TOL)
+
+
+def test_training_augmentations_compose_in_dinov3_order():
+    """shift, then jitter, then rescale: coords' = ((c + u) * j) * r, so each axis is an
+    affine map of the plain coordinates with the scale j * r and offset u * j * r."""
+    grid = TokenGrid(3, 4)
+    plain = recovered_coords(dinov3_rope().eval(), grid)
+    rope = dinov3_rope(shift_coords=.3, jitter_coords=1.5, rescale_coords=2.).train()
+    torch.manual_seed(1)
+    for _ in range(20):
+        coords = recovered_coords(rope, grid)
+        for axis in range(2):
+            x, y = plain[:, axis], coords[:, axis]
+            scale = (y[-1] - y[0]) / (x[-1] - x[0])
+            offset = y[0] - scale * x[0]
+            torch.testing.assert_close(y, scale * x + offset, **COORD_TOL)
+            assert 1 / 3 - 1e-5 <= scale <= 3 + 1e-5  # j * r within [1/(J R), J R]
+            assert abs(offset / scale) <= .3 + 1e-5  # the shift, before scaling
+
+
+def test_training_queries_and_keys_share_one_draw_per_call():
+    """A shift moves queries and keys together, so patch-patch logits stay those of
+    evaluation (RoPE is relative); the class token's logits change. Each call
+    draws anew."""
+    torch.manual_seed(0)
+    rope = dinov3_rope(shift_coords=.5).double()
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v = torch.randn(3, 2, NUM_HEADS, grid.num_tokens, HEAD_DIMS, dtype=torch.float64)
+
+    def logits(module):
+        embed = module.rotary_embed(0, grid, q.device)
+        q_rot, k_rot = module.rotate(0, q, grid, embed), module.rotate(0, k, grid, embed)
+        return q_rot @ k_rot.transpose(-2, -1)
+
+    eval_logits, train_logits = logits(rope.eval()), logits(rope.train())
+    torch.testing.assert_close(train_logits[..., 1:, 1:], eval_logits[..., 1:, 1:], **ANGLE_TOL)
+    assert not torch.allclose(train_logits[..., 0, 1:], eval_logits[..., 0, 1:])
+    # Inside attention too: without prefix tokens a shared shift changes nothing.
+    patches = TokenGrid(3, 4, num_prefix=0)
+    q, k, v = q[:, :, 1:], k[:, :, 1:], v[:, :, 1:]
+    expected = rope.eval().attention(0, q, k, v, patches)
+    torch.testing.assert_close(rope.train().attention(0, q, k, v, patches), expected,
+                               **ANGLE_TOL)
+    # A new draw for every call (a rescale changes patch-patch logits).
+    rope = dinov3_rope(rescale_coords=2.).double().train()
+    first = rope.attention(0, q, k, v, patches)
+    assert not torch.allclose(first, rope.attention(0, q, k, v, patches))
+    rope.eval()
+    assert torch.equal(rope.attention(0, q, k, v, patches), rope.attention(0, q, k, v, patches))
+
+
+def test_normalized_embedding_cache_only_without_augmentation():
+    rope = dinov3_rope(rescale_coords=2.)
+    grid = TokenGrid(3, 4)
+    rope.train()
+    rope.rotary_embed(0, grid, torch.device('cpu'))
+    assert len(rope._embeds) == 0  # a fresh draw each time, nothing cached
+    rope.eval()
+    first = rope.rotary_embed(0, grid, torch.device('cpu'))
+    assert rope.rotary_embed(1, grid, torch.device('cpu')) is first
+
+
+def test_normalized_coords_bad_options():
+    with pytest.raises(ValueError, match="shift_coords.*normalize_coords='separate'"):
+        RoPE2D(**backbone_args(), shift_coords=.1)
+    with pytest.raises(ValueError, match="min_period, max_period.*normalised coordinates"):
+        RoPE2D(**backbone_args(), min_period=1., max_period=10.)
+    with pytest.raises(ValueError, match="normalize_coords='corner'"):
+        RoPE2D(**backbone_args(), normalize_coords='corner')
+    with pytest.raises(ValueError, match="needs mode='axial'"):
+        RoPE2D(**backbone_args(), mode='mixed', normalize_coords='separate')
+    with pytest.raises(ValueError, match='give both'):
+        RoPE2D(**backbone_args(), normalize_coords='separate', min_period=1.)
+    with pytest.raises(ValueError, match='give one of them'):
+        RoPE2D(**backbone_args(), normalize_coords='separate', theta=100., min_period=1.,
+               max_period=10.)
+    with pytest.raises(ValueError, match='jitter_coords must be finite and >= 1'):
+        RoPE2D(**backbone_args(), normalize_coords='separate', jitter_coords=.5)
+    normalized = build_pos_encoding(dict(type='RoPE2D', normalize_coords='max'), **backbone_args())
+    assert not list(normalized.parameters()) and not normalized.state_dict()
+
+
+CONFIGS = {
+    'axial': dict(),
+    'mixed': dict(mode='mixed'),
+    'normalized': dict(normalize_coords='separate'),
+    'normalized+augment': dict(normalize_coords='separate', shift_coords=.1, jitter_coords=1.2,
+                               rescale_coords=2.),
+}
+
+
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_compiles_without_graph_breaks(name, train):
+    rope = RoPE2D(**backbone_args(num_layers=2), **CONFIGS[name]).train(train)
+    grid = TokenGrid(3, 5, num_prefix=1)
+    q = torch.randn(2, NUM_HEADS, grid.num_tokens, HEAD_DIMS)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda x: rope.attention(1, x, x, x, grid))(q)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

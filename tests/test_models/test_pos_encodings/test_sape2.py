@@ -44,15 +44,34 @@ def random_qkv(grid, batch=2, dtype=torch.float64, seed=0, requires_grad=False):
 # --- the independent reference ----------------------------------------------------------
 
 
-def naive_read(u, table, position, line_length, position_mode):
-    """u . e[p] by linear interpolation between the two neighbouring integers."""
-    num_positions = table.shape[0] - 1
+def naive_read(u, table, position, line_length, position_mode, signed=False, head=None):
+    """z(p) by linear interpolation between the two neighbouring integer positions:
+    ``u . e[t]`` for embedding tables, ``e[t, head]`` for per-head scalar tables."""
+    num_positions = (table.shape[0] + 1) // 2 if signed else table.shape[0]
+    last = num_positions - 1
     if position_mode == 'relative':
-        position = position * (num_positions - 1) / line_length
-    position = position.clamp(0, num_positions - 1)
+        position = position * last / line_length
+    position = position.clamp(-last if signed else 0, last)
     below, above = math.floor(position.item()), math.ceil(position.item())
     weight = position - below
-    return (1 - weight) * torch.dot(u, table[below]) + weight * torch.dot(u, table[above])
+
+    def value(integer):
+        row = table[integer + last if signed else integer]
+        return row[head] if u is None else torch.dot(u, row)
+
+    return (1 - weight) * value(below) + weight * value(above)
+
+
+def naive_position(gates, query_at, column, count_from):
+    """Contextual position of ``column`` seen from the query at ``query_at``;
+    ``gates[j]`` is the query's gate on the line's token j."""
+    if count_from == 'row_end':  # columns m..L-1 are counted
+        return sum(gates[j] for j in range(column, len(gates)))
+    if column > query_at:  # (x_i, c]
+        return sum(gates[j] for j in range(query_at + 1, column + 1))
+    if column < query_at:  # [c, x_i), counted negative
+        return -sum(gates[j] for j in range(column, query_at))
+    return torch.zeros((), dtype=torch.float64)
 
 
 def naive_distance(a, b, distance):
@@ -66,18 +85,23 @@ def naive_distance(a, b, distance):
 
 
 def naive_logits(q, k, tables, grid, embed_with='query', scale_gates=True,
-                 position_mode='clamp', distance='l2', negative_bias=False):
+                 position_mode='clamp', distance='l2', negative_bias=False,
+                 count_from='row_end', bias='distance', table_values='embeddings',
+                 gate_temperature=1., pad_mask=None):
     """(B, heads, N, N) logits ``q.k / sqrt(d) + bias`` from the equations."""
     batch, heads, num_tokens, dims = q.shape
     height, width, prefix = grid.height, grid.width, grid.num_prefix
-    gate_scale = 1 / math.sqrt(dims) if scale_gates else 1.
+    gate_scale = (1 / math.sqrt(dims) if scale_gates else 1.) / gate_temperature
     sign = -1. if negative_bias else 1.
+    signed = count_from == 'query'
 
     def token(row, col):
         return prefix + row * width + col
 
     out = []
     for b in range(batch):
+        valid = (torch.ones(height, width) if pad_mask is None or not signed else
+                 (~pad_mask[b]).double())
         per_head = []
         for h in range(heads):
             qs, ks = q[b, h], k[b, h]
@@ -85,17 +109,21 @@ def naive_logits(q, k, tables, grid, embed_with='query', scale_gates=True,
             for row in range(height):
                 for col in range(width):
                     i = token(row, col)
-                    u = qs[i] if embed_with == 'query' else ks[i]
-                    s_x = []
-                    for m in range(width):  # columns m..W-1 of i's row are counted
-                        p = sum(torch.sigmoid(gate_scale * torch.dot(qs[i], ks[token(row, j)]))
-                                for j in range(m, width))
-                        s_x.append(naive_read(u, tables[0], p, width, position_mode))
-                    s_y = []
-                    for m in range(height):  # rows m..H-1 of i's column are counted
-                        p = sum(torch.sigmoid(gate_scale * torch.dot(qs[i], ks[token(j, col)]))
-                                for j in range(m, height))
-                        s_y.append(naive_read(u, tables[1], p, height, position_mode))
+                    u = None
+                    if table_values == 'embeddings':
+                        u = qs[i] if embed_with == 'query' else ks[i]
+
+                    # The query's gates on the tokens of its row and its column.
+                    gates_x = [valid[row, j] * torch.sigmoid(
+                        gate_scale * torch.dot(qs[i], ks[token(row, j)])) for j in range(width)]
+                    gates_y = [valid[j, col] * torch.sigmoid(
+                        gate_scale * torch.dot(qs[i], ks[token(j, col)])) for j in range(height)]
+                    s_x = [naive_read(u, tables[0], naive_position(gates_x, col, m, count_from),
+                                      width, position_mode, signed, h)
+                           for m in range(width)]
+                    s_y = [naive_read(u, tables[1], naive_position(gates_y, row, m, count_from),
+                                      height, position_mode, signed, h)
+                           for m in range(height)]
                     vectors[i] = (torch.stack(s_x), torch.stack(s_y))
             rows = []
             for i in range(num_tokens):
@@ -103,9 +131,13 @@ def naive_logits(q, k, tables, grid, embed_with='query', scale_gates=True,
                 for n in range(num_tokens):
                     logit = torch.dot(qs[i], ks[n]) / math.sqrt(dims)
                     if i in vectors and n in vectors:  # prefix tokens: no bias
-                        logit = logit + sign * sum(
-                            naive_distance(a, c, distance)
-                            for a, c in zip(vectors[i], vectors[n]))
+                        if bias == 'lookup':
+                            key_row, key_col = divmod(n - prefix, width)
+                            logit = logit + vectors[i][0][key_col] + vectors[i][1][key_row]
+                        else:
+                            logit = logit + sign * sum(
+                                naive_distance(a, c, distance)
+                                for a, c in zip(vectors[i], vectors[n]))
                     row.append(logit)
                 rows.append(torch.stack(row))
             per_head.append(torch.stack(rows))
@@ -190,9 +222,10 @@ def test_dense_gradients_match_naive_reference():
     grads = grads_of(actual, (q, k, v, tables))
     for got, want in zip(grads, grads_of(expected, (q, k, v, tables))):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-9)
-    # Positions never pass M-1, so e[M] is never read.
-    assert grads[3][:, -1].abs().max() == 0
-    assert grads[3][:, :-1].abs().max() > 0
+    # M rows e[0..M-1] as in the authors' code (formerly M+1, e[M] never read):
+    # every row is reachable, the last one by positions in (M-2, M-1].
+    assert tables.shape == (2, 3, HEAD_DIMS)
+    assert (grads[3].abs().amax(dim=-1) > 0).all()
 
 
 # --- 2. chunked == dense, forward and backward ------------------------------------------
@@ -217,10 +250,12 @@ def test_chunked_equals_dense_forward_and_backward(distance, num_prefix):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_keeps_no_square_tensor_for_backward():
+@pytest.mark.parametrize('options', [dict(), dict(count_from='query', bias='lookup')],
+                         ids=['published', 'lookup'])
+def test_chunked_keeps_no_square_tensor_for_backward(options):
     grid = TokenGrid(8, 8, num_prefix=1)
     q, k, v = random_qkv(grid, batch=1, dtype=torch.float32, requires_grad=True)
-    sape = build_sape(impl='chunked', chunk_size=16, dtype=torch.float32)
+    sape = build_sape(impl='chunked', chunk_size=16, dtype=torch.float32, **options)
     saved_shapes = []
 
     def pack(tensor):
@@ -328,6 +363,14 @@ def test_every_option_combination_builds_and_runs():
     (dict(num_positions=2.5), 'num_positions'),
     (dict(chunk_size=0), 'chunk_size'),
     (dict(layers=[0, 5]), 'layers'),
+    (dict(count_from='query_end'), 'count_from'),
+    (dict(bias='l2'), 'bias'),
+    (dict(table_values='scalars'), 'table_values'),
+    (dict(impl='flex'), "bias='lookup'"),
+    (dict(bias='lookup', distance='rms'), 'distance'),
+    (dict(bias='lookup', negative_bias=True), 'negative_bias'),
+    (dict(gate_temperature=0), 'gate_temperature'),
+    (dict(table_std=-1.), 'table_std'),
 ], ids=str)
 def test_bad_options_raise_naming_the_option(options, option_name):
     with pytest.raises(ValueError, match=option_name):
@@ -357,7 +400,8 @@ def test_layers_tables_weight_decay_and_registry():
                                     layers=[1, -1], num_positions=5))
     assert isinstance(sape, SaPE2) and sape.acts_in_attention
     names = {name: tuple(p.shape) for name, p in sape.named_parameters()}
-    assert names == {'position_tables.1': (2, 6, 8), 'position_tables.3': (2, 6, 8)}
+    # M = 5 rows e[0..M-1] per axis, as in the authors' code.
+    assert names == {'position_tables.1': (2, 5, 8), 'position_tables.3': (2, 5, 8)}
     assert sape.no_weight_decay() == set(names)
     assert [sape.layer_index_of(name) for name in sorted(names)] == [1, 3]
     assert sape.layer_index_of('something_else') is None
@@ -381,12 +425,14 @@ def test_decay_tables_decides_the_weight_decay_declaration():
 
 def test_checkpoints_with_former_table_keys_load():
     sape = SaPE2(embed_dims=16, num_heads=2, num_layers=4, layers=[1, 3], num_positions=5)
+    # The layout before the per-block convention: 'position_tables.layer_<block>',
+    # and tables of M+1 rows, whose last row e[M] was never read: it is dropped.
     tables = {layer: torch.randn(2, 6, 8) for layer in (1, 3)}
-    # The layout before the per-block convention: 'position_tables.layer_<block>'.
     sape.load_state_dict({f'position_tables.layer_{layer}': table
                           for layer, table in tables.items()})
     for layer, table in tables.items():
-        torch.testing.assert_close(sape.position_tables[str(layer)].data, table, rtol=0, atol=0)
+        torch.testing.assert_close(sape.position_tables[str(layer)].data, table[:, :5],
+                                   rtol=0, atol=0)
     # Nested in a backbone, alone or in a stack, under the backbone's prefix.
     from mmsape.models import PosEncViT
     arch = dict(embed_dims=16, num_layers=2, num_heads=2, feedforward_channels=32)
@@ -445,3 +491,283 @@ def test_runs_under_cpu_autocast():
     with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
         out = sape.attention(0, q, k, v, grid)
     assert torch.isfinite(out).all()
+
+
+# --- 7. query-relative contextual positions (reference section 1b) ---------------------
+
+
+QUERY_GRIDS = [TokenGrid(2, 4, num_prefix=1), TokenGrid(3, 3, num_prefix=0),
+               TokenGrid(4, 2, num_prefix=2)]
+QUERY_IMPLS = {'distance': ['dense', 'chunked'], 'lookup': ['dense', 'chunked', 'fused']}
+
+
+def build_query_relative(bias, table_values='embeddings', **options):
+    # M=3: signed positions clamp at +-2 in lines of 4 tokens, and are fractional.
+    return build_sape(count_from='query', bias=bias, table_values=table_values, **options)
+
+
+def check_paths_against_naive(sape, q, k, v, grid, naive_options, impls, pad_mask=None):
+    """Every impl, forward and backward, against the naive reference (float64)."""
+    tables = layer0_tables(sape)
+    expected = naive_attention(q, k, v, tables, grid, pad_mask=pad_mask, **naive_options)
+    expected_grads = grads_of(expected, (q, k, v, tables))
+    padded = grid.replace(pad_mask=pad_mask)
+    bias = sape.attention_bias(0, q, k, padded)
+    assert bias[..., grid.num_prefix:, grid.num_prefix:].abs().max() > 0.1
+    if grid.num_prefix:
+        assert bias[..., :grid.num_prefix, :].abs().max() == 0
+        assert bias[..., :grid.num_prefix].abs().max() == 0
+    for impl in impls:
+        sape.impl = impl
+        actual = sape.attention(0, q, k, v, padded)
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9, msg=impl)
+        for got, want in zip(grads_of(actual, (q, k, v, tables)), expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-9, msg=impl)
+
+
+@pytest.mark.parametrize('grid', QUERY_GRIDS, ids=lambda g: f'{g.height}x{g.width}p{g.num_prefix}')
+@pytest.mark.parametrize('bias', ['lookup', 'distance'])
+@pytest.mark.parametrize('table_values', ['embeddings', 'head_scalars'])
+def test_query_relative_matches_naive_reference(grid, bias, table_values):
+    q, k, v = random_qkv(grid, requires_grad=True)
+    sape = build_query_relative(bias, table_values, chunk_size=4)
+    assert layer0_tables(sape).shape == (2, 5, HEAD_DIMS if table_values == 'embeddings'
+                                         else HEADS)
+    options = dict(count_from='query', bias=bias, table_values=table_values)
+    check_paths_against_naive(sape, q, k, v, grid, options, QUERY_IMPLS[bias])
+
+
+@pytest.mark.parametrize('options', [
+    dict(bias='lookup', embed_with='key', position_mode='relative'),
+    dict(bias='lookup', gate_temperature=0.5, scale_gates=False),
+    dict(bias='distance', distance='rms', position_mode='relative'),
+    dict(bias='distance', distance='squared', impl='fused'),
+    dict(bias='lookup', count_from='row_end'),  # CoPE's logit form, suffix counts
+], ids=str)
+def test_query_relative_options_match_naive_reference(options):
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v = random_qkv(grid, requires_grad=True)
+    options = {'count_from': 'query', **options}
+    impls = [options.pop('impl')] if 'impl' in options else QUERY_IMPLS[options['bias']]
+    sape = build_sape(chunk_size=5, **options)
+    check_paths_against_naive(sape, q, k, v, grid, options, impls)
+
+
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
+def test_flex_impl_forward_matches_naive_on_cpu(monkeypatch):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import mmsape.ops.sape2.lookup_attention as lookup_attention
+
+    # Compiling FlexAttention on CPU takes about a minute: its eager reference
+    # evaluates the same score_mod.
+    monkeypatch.setattr(lookup_attention, '_compiled_flex_attention', lambda: flex_attention)
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v = random_qkv(grid, dtype=torch.float32)
+    sape = build_query_relative('lookup', impl='flex', dtype=torch.float32)
+    expected = naive_attention(*(t.double() for t in (q, k, v)), layer0_tables(sape).double(),
+                               grid, count_from='query', bias='lookup')
+    with torch.no_grad():
+        actual = sape.attention(0, q, k, v, grid)
+    torch.testing.assert_close(actual, expected.float(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='no backward on CPU'):
+        sape.attention(0, q.requires_grad_(), k, v, grid)
+
+
+@pytest.mark.parametrize('bias', ['lookup', 'distance'])
+def test_padding_cells_have_gate_zero(bias):
+    grid = TokenGrid(3, 4, num_prefix=1)
+    pad_mask = torch.zeros(2, 3, 4, dtype=torch.bool)
+    pad_mask[0, :, 3] = True  # a padded column (batch padding, right side)
+    pad_mask[1, 2, :] = True  # a padded row
+    pad_mask[1, 0, 1] = True  # an odd cell
+    q, k, v = random_qkv(grid, requires_grad=True)
+    sape = build_query_relative(bias, chunk_size=4)
+    options = dict(count_from='query', bias=bias)
+    check_paths_against_naive(sape, q, k, v, grid, options, QUERY_IMPLS[bias], pad_mask)
+    # The mask changes the bias (against the naive reference without it).
+    unmasked = naive_logits(q, k, layer0_tables(sape), grid, **options)
+    assert not torch.allclose(sape.attention_bias(0, q, k, grid.replace(pad_mask=pad_mask)),
+                              unmasked - q @ k.transpose(-1, -2) / math.sqrt(HEAD_DIMS))
+    with pytest.raises(ValueError, match='pad_mask'):
+        sape.attention(0, q, k, v, grid.replace(pad_mask=pad_mask[:1]))
+
+
+@pytest.mark.parametrize('bias', ['lookup', 'distance'])
+def test_windows_with_padding_match_naive_reference(bias):
+    """ViTDet windows in PosEncViT: each window's attention gets the window grid
+    with its padding mask, and matches the reference with those gates at 0."""
+    from mmsape.models import PosEncViT
+    torch.manual_seed(0)
+    model = PosEncViT(arch=dict(embed_dims=HEADS * HEAD_DIMS, num_layers=2, num_heads=HEADS,
+                                feedforward_channels=32),
+                      img_size=24, patch_size=4, with_cls_token=False, out_type='featmap',
+                      window_size=4, global_attn_indexes=(1, ),
+                      pos_encoding=dict(type='SaPE2', count_from='query', bias=bias,
+                                        num_positions=3, impl='chunked')).double().eval()
+    sape = model.pos_encoding
+    for table in sape.position_tables.values():
+        table.data.normal_(std=0.5)
+    calls = []
+    attention = sape.attention
+
+    def recording_attention(layer_index, q, k, v, grid, dropout_p=0.):
+        out = attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+        calls.append((layer_index, q, k, v, grid, out))
+        return out
+
+    sape.attention = recording_attention
+    with torch.no_grad():
+        model(torch.randn(1, 3, 24, 20, dtype=torch.float64))  # 6x5 patches: padded windows
+    layer_index, q, k, v, grid, out = calls[0]
+    assert layer_index == 0 and grid.hw == (4, 4) and grid.pad_mask is not None
+    assert grid.pad_mask.any() and not grid.pad_mask.all()
+    assert calls[1][4].hw == (6, 5) and calls[1][4].pad_mask is None  # the global block
+    expected = naive_attention(q, k, v, sape.position_tables['0'].detach(), grid,
+                               count_from='query', bias=bias, pad_mask=grid.pad_mask)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    # Every path, forward and backward, on this layer's windows.
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    check_paths_against_naive(sape, q, k, v, grid.replace(pad_mask=None),
+                              dict(count_from='query', bias=bias), QUERY_IMPLS[bias],
+                              grid.pad_mask)
+
+
+def test_uniform_row_gets_offset_dependent_bias_only_when_counting_from_the_query():
+    """The finding of issue 12: as published (counts to the row's end), identical
+    tokens get identical SaPE vectors, so a uniform image gets the same bias
+    between every pair of tokens (here 0): no position at all. Counting from the
+    query, the bias of a query to the tokens of its row changes with the offset."""
+    grid = TokenGrid(3, 9, num_prefix=1)
+    token = torch.randn(1, HEADS, 1, HEAD_DIMS, dtype=torch.float64)
+    q = k = token.expand(1, -1, grid.num_tokens, -1)
+
+    def cell(row, column):
+        return 1 + row * 9 + column
+
+    query, keys = cell(1, 3), [cell(1, c) for c in range(7)]  # offsets -3..3
+    published = build_sape(num_positions=10).attention_bias(0, q, k, grid)
+    assert published.abs().max() < 1e-6
+    for bias in ('lookup', 'distance'):
+        relative = build_query_relative(bias, num_positions=10)
+        relative_bias = relative.attention_bias(0, q, k, grid)[0]
+        values = relative_bias[:, query, keys]
+        gaps = (values[:, :, None] - values[:, None, :]).abs()
+        off_diagonal = ~torch.eye(7, dtype=torch.bool)
+        # Every offset (-3..3) gives a different bias, in every head.
+        assert gaps[:, off_diagonal].min() > 1e-4, bias
+        if bias == 'lookup':
+            # With uniform content it is an axial relative-position bias: the
+            # same offsets give the same bias in another row and column.
+            other = relative_bias[:, cell(2, 5), [cell(2, c) for c in range(2, 9)]]
+            torch.testing.assert_close(other, values, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('count_from,equivariant', [('query', True), ('row_end', False)])
+def test_whole_patch_shift_permutes_the_lookup_bias(count_from, equivariant):
+    """Shift the content by whole patches: for every query and key whose shifted
+    cells are inside the grid, the query-relative lookup bias moves with them
+    exactly (the counts cover only the cells between query and key). Counting to
+    the row's end, the counts cover cells up to the border and change."""
+    height, width, shift = 6, 7, (1, 2)
+    grid = TokenGrid(height, width, num_prefix=1)
+    generator = torch.Generator().manual_seed(0)
+    channels = 6
+    content = torch.randn(height, width, channels, generator=generator, dtype=torch.float64)
+    background = torch.randn(channels, generator=generator, dtype=torch.float64)
+    shifted = background.expand(height, width, channels).clone()
+    shifted[shift[0]:, shift[1]:] = content[:height - shift[0], :width - shift[1]]
+    project_q, project_k = (torch.randn(channels, HEADS * HEAD_DIMS, generator=generator,
+                                        dtype=torch.float64) for _ in range(2))
+    prefix = torch.randn(1, channels, generator=generator, dtype=torch.float64)
+
+    def qk(cells):
+        tokens = torch.cat([prefix, cells.reshape(-1, channels)])
+        return [(tokens @ w).reshape(1, -1, HEADS, HEAD_DIMS).transpose(1, 2)
+                for w in (project_q, project_k)]
+
+    sape = build_sape(count_from=count_from, bias='lookup', num_positions=10)
+    before = sape.attention_bias(0, *qk(content), grid)
+    after = sape.attention_bias(0, *qk(shifted), grid)
+    inside = [(r, c) for r in range(height - shift[0]) for c in range(width - shift[1])]
+    old = torch.tensor([1 + r * width + c for r, c in inside])
+    new = torch.tensor([1 + (r + shift[0]) * width + c + shift[1] for r, c in inside])
+    moved = after[..., new[:, None], new]
+    if equivariant:
+        torch.testing.assert_close(moved, before[..., old[:, None], old], rtol=1e-12,
+                                   atol=1e-12)
+    else:
+        assert (moved - before[..., old[:, None], old]).abs().max() > 1e-3
+
+
+def test_query_relative_option_combinations_build_and_run():
+    grid = TokenGrid(2, 3, num_prefix=1)
+    q, k, v = random_qkv(grid, batch=1, dtype=torch.float32)
+    combos = itertools.product(['row_end', 'query'], ['distance', 'lookup'],
+                               ['embeddings', 'head_scalars'],
+                               ['auto', 'dense', 'chunked', 'fused', 'flex'])
+    built = 0
+    for count_from, bias, table_values, impl in combos:
+        options = dict(count_from=count_from, bias=bias, table_values=table_values, impl=impl,
+                       distance='squared' if impl == 'fused' and bias == 'distance' else 'l2')
+        if impl == 'flex' and bias != 'lookup':
+            with pytest.raises(ValueError, match="bias='lookup'"):
+                build_sape(dtype=torch.float32, **options)
+            continue
+        sape = build_sape(dtype=torch.float32, **options)
+        if impl == 'flex':
+            continue  # compiling FlexAttention on CPU takes a minute; see the flex test
+        out = sape.attention(0, q, k, v, grid)
+        assert out.shape == v.shape and torch.isfinite(out).all()
+        built += 1
+    assert built == 2 * 2 * 2 * 4
+
+
+def test_auto_impl_for_the_lookup_bias(monkeypatch):
+    from types import SimpleNamespace
+    sape = build_query_relative('lookup')
+    grid = TokenGrid(4, 4)
+    cuda_q = SimpleNamespace(device=torch.device('cuda'), dtype=torch.float32)
+    assert sape.resolve_impl(grid, cuda_q) == 'flex'
+    assert sape.resolve_impl(grid, cuda_q, dropout_p=0.1) == 'fused'
+    assert sape.resolve_impl(grid) == 'fused'
+    q32 = torch.zeros(1, HEADS, 16, HEAD_DIMS)
+    monkeypatch.setenv(CPU_KERNEL_ENV, '0')
+    assert sape.resolve_impl(grid, q32) == 'fused'
+    monkeypatch.setenv(CPU_KERNEL_ENV, '1')
+    if load_cpu_kernel() is not None:
+        assert sape.resolve_impl(grid, q32) == 'chunked'
+        assert sape.resolve_impl(grid, q32.bfloat16()) == 'chunked'  # computed in float32
+        assert sape.resolve_impl(grid, q32, dropout_p=0.1) == 'fused'
+        assert sape.resolve_impl(grid, q32.double()) == 'fused'
+
+
+@pytest.mark.parametrize('impl', ['chunked', 'fused', 'dense'])
+def test_lookup_dropout_and_half_precision(impl):
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k, v = random_qkv(grid, dtype=torch.float32, requires_grad=True)
+    sape = build_query_relative('lookup', impl=impl, chunk_size=4, table_std=0.1,
+                                dtype=torch.float32)
+    torch.manual_seed(0)
+    dropped = sape.attention(0, q, k, v, grid, dropout_p=0.5)
+    reference = sape.attention(0, q, k, v, grid)
+    assert not torch.allclose(dropped, reference)
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(dropped.sum(), (q, k, v)))
+    half = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    out = sape.attention(0, *half, grid)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_table_init_defaults_by_form():
+    """The authors' std 0.02 for the published form; 0.2 for the lookup bias,
+    chosen by the design sweep (tools/analysis/sape2_design_sweep.py)."""
+    options = dict(embed_dims=64, num_heads=2, num_layers=1, num_positions=64)
+    torch.manual_seed(0)
+    published = SaPE2(**options).position_tables['0']
+    lookup = SaPE2(count_from='query', bias='lookup', **options).position_tables['0']
+    chosen = SaPE2(count_from='query', bias='lookup', table_std=0.05, **options)
+    assert abs(published.std().item() - 0.02) < 0.002
+    assert abs(lookup.std().item() - 0.2) < 0.02
+    assert abs(chosen.position_tables['0'].std().item() - 0.05) < 0.005
+    assert SaPE2(table_std=0., **options).position_tables['0'].abs().max() == 0

@@ -29,37 +29,12 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
-
-// BLAS single-precision GEMM (column-major); torch links one (MKL / OpenBLAS).
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
-                       const int* k, const float* alpha, const float* a, const int* lda,
-                       const float* b, const int* ldb, const float* beta, float* c,
-                       const int* ldc);
+#include "cpu_attention_tiles.h"
 
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-// Tile size: the eight 128 x 128 float buffers of backward (512 KiB) stay in a
-// core's L2 cache (1 MiB on the machine this was tuned on).
-constexpr int64_t kTile = 128;
-
-// Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, with
-// leading dimensions the row strides. A row-major matrix is its transpose in
-// column-major order, so this is the column-major product C^T = op(B)^T op(A)^T.
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc) {
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-  const int mm = static_cast<int>(n), nn = static_cast<int>(m), kk = static_cast<int>(k);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  sgemm_(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
-}
+using namespace sape2_cpu;
 
 // One (batch, head) of q, k, v and the per-axis factors (or of their gradients).
 struct Head {
@@ -160,42 +135,6 @@ void for_each_tile_pair(int64_t tokens, const std::vector<float*>& buffers,
   }
 }
 
-float row_max(const float* x, int64_t n) {
-  Vec vmax(-std::numeric_limits<float>::infinity());
-  int64_t c = 0;
-  for (; c + Vec::size() <= n; c += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(x + c));
-  float result = vmax.reduce_max();
-  for (; c < n; ++c) result = std::max(result, x[c]);
-  return result;
-}
-
-// x <- exp(x - shift) in place; returns the sum of the results.
-float exp_shifted(float* x, int64_t n, float shift) {
-  const Vec vshift(shift);
-  Vec vsum(0.f);
-  int64_t c = 0;
-  for (; c + Vec::size() <= n; c += Vec::size()) {
-    const Vec e = (Vec::loadu(x + c) - vshift).exp_u20();
-    e.store(x + c);
-    vsum = vsum + e;
-  }
-  float sum = vsum.reduce_add();
-  for (; c < n; ++c) {
-    x[c] = std::exp(x[c] - shift);
-    sum += x[c];
-  }
-  return sum;
-}
-
-// Tile buffers of one thread, kTile x kTile each.
-struct TileBuffers {
-  std::vector<float> storage;
-  std::vector<float*> tiles;
-  explicit TileBuffers(int64_t count) : storage(count * kTile * kTile) {
-    for (int64_t i = 0; i < count; ++i) tiles.push_back(storage.data() + i * kTile * kTile);
-  }
-};
-
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const std::vector<at::Tensor>& query_factors,
                   const std::vector<at::Tensor>& key_factors, const at::Tensor& floors,
@@ -264,18 +203,8 @@ std::vector<at::Tensor> sape2_attention_forward(const at::Tensor& q, const at::T
         gemm(false, true, rows, cols, head_dims, fscale, h.q + row0 * head_dims, head_dims,
              h.k + col0 * head_dims, head_dims, 1.f, logits, kTile);
         // Online softmax: rescale what was accumulated to the new row maximum.
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = logits + r * kTile;
-          float& row_maximum = row_maxes[row0 + r];
-          const float new_max = std::max(row_maximum, row_max(row, cols));
-          const float rescale = std::exp(row_maximum - new_max);  // 0 on the first visit
-          row_sums[row0 + r] = row_sums[row0 + r] * rescale + exp_shifted(row, cols, new_max);
-          row_maximum = new_max;
-          if (rescale != 1.f) {
-            float* out_row = oh + (row0 + r) * value_dims;
-            for (int64_t c = 0; c < value_dims; ++c) out_row[c] *= rescale;
-          }
-        }
+        online_softmax_tile(logits, rows, cols, row_maxes.data() + row0, row_sums.data() + row0,
+                            oh + row0 * value_dims, value_dims);
         gemm(false, false, rows, value_dims, cols, 1.f, logits, kTile, h.v + col0 * value_dims,
              value_dims, 1.f, oh + row0 * value_dims, value_dims);
       };
@@ -350,17 +279,7 @@ std::vector<at::Tensor> sape2_attention_backward(
         // dP = dO V^T, then dS = P * (dP - delta) in place.
         gemm(false, true, rows, cols, value_dims, 1.f, grad_out_rows, value_dims,
              h.v + col0 * value_dims, value_dims, 0.f, grad_logits, kTile);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* g = grad_logits + r * kTile;
-          const float* p = probs + r * kTile;
-          const float row_delta = delta_h[row0 + r];
-          const Vec vdelta(row_delta);
-          int64_t c = 0;
-          for (; c + Vec::size() <= cols; c += Vec::size()) {
-            ((Vec::loadu(g + c) - vdelta) * Vec::loadu(p + c)).store(g + c);
-          }
-          for (; c < cols; ++c) g[c] = (g[c] - row_delta) * p[c];
-        }
+        softmax_backward_tile(grad_logits, probs, rows, cols, delta_h + row0);
         // dQ += scale dS K, dK += scale dS^T Q
         gemm(false, false, rows, head_dims, cols, fscale, grad_logits, kTile,
              h.k + col0 * head_dims, head_dims, 1.f, dq + row0 * head_dims, head_dims);
@@ -400,9 +319,4 @@ std::vector<at::Tensor> sape2_attention_backward(
   grads.insert(grads.end(), grad_qf.begin(), grad_qf.end());
   grads.insert(grads.end(), grad_kf.begin(), grad_kf.end());
   return grads;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &sape2_attention_forward, "Exact SaPE² attention, forward (CPU, float32)");
-  m.def("backward", &sape2_attention_backward, "Exact SaPE² attention, backward (CPU, float32)");
 }
