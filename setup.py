@@ -1,5 +1,8 @@
 """mmsape: semantic-aware and conditional position encodings for OpenMMLab ViTs."""
+import os
 import os.path as osp
+import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -19,6 +22,40 @@ def read_requirements(name: str) -> list:
         return [line for line in lines if line]
 
 
+def add_mim_extension() -> None:
+    """Put the configs and tools in the package, under ``mmsape/.mim``, where
+    OpenMMLab's ``mim`` looks for a package's ``tools/train.py``,
+    ``tools/test.py`` and configs (``mim train mmsape CONFIG``).
+
+    As mmdet's setup.py does: links to the repository's folders for an editable
+    install (``develop``, or ``editable_wheel`` under PEP 660), so the repository
+    stays the only copy; copies when building a wheel or an sdist.
+    """
+    if {'develop', 'editable_wheel'} & set(sys.argv):
+        mode = 'symlink'
+    elif {'bdist_wheel', 'sdist'} & set(sys.argv):
+        mode = 'copy'
+    else:
+        return
+    repo = osp.dirname(osp.abspath(__file__))
+    mim_dir = osp.join(repo, 'mmsape', '.mim')
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in ('configs', 'tools'):
+        source, target = osp.join(repo, name), osp.join(mim_dir, name)
+        if not osp.isdir(source):  # building from an sdist, which carries the copies
+            continue
+        if osp.islink(target) or osp.isfile(target):
+            os.remove(target)
+        elif osp.isdir(target):
+            shutil.rmtree(target)
+        if mode == 'symlink':
+            os.symlink(osp.relpath(source, mim_dir), target)
+        else:
+            shutil.copytree(source, target,
+                            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+
+
+add_mim_extension()
 setup(
     name='mmsape',
     version=read_version(),
@@ -27,9 +64,13 @@ setup(
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmsape', 'mmsape.*']),
-    # C++ sources built on first use by torch.utils.cpp_extension (see
-    # mmsape/ops/sape2/sape2_attention_cpu.py).
-    package_data={'mmsape': ['ops/sape2/csrc/*.cpp']},
+    package_data={'mmsape': [
+        # C++ sources built on first use by torch.utils.cpp_extension (see
+        # mmsape/ops/sape2/sape2_attention_cpu.py)
+        'ops/sape2/csrc/*.cpp',
+        # for mim (see add_mim_extension)
+        '.mim/configs/**/*.py', '.mim/tools/**/*.py', '.mim/tools/**/*.sh',
+    ]},
     python_requires='>=3.9',
     # torch and mmcv are installed by tools/setup_env.sh (they need special handling).
     install_requires=[

@@ -1,5 +1,5 @@
 """What several test files build: tiny ViTs, the command-line tools as modules,
-short runs of the demo configs.
+short runs of the demo configs, and the checks of the pictures they draw.
 
 Test files are imported with ``--import-mode=importlib`` and cannot import each
 other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Union
+from typing import Optional, Tuple, Union
 
+import mmcv
+import numpy as np
 import torch
 from mmengine.config import Config
 
@@ -114,7 +116,28 @@ def short_run(config: str, iters: int, checkpoint_every: int) -> list:
 
 
 def run_tool(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root; fails the test with its output
+    unless it succeeds."""
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout, env=env)
     assert result.returncode == 0, (result.stdout[-4000:] + '\n' + result.stderr[-6000:])
     return result
+
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def open_picture(path: Union[str, Path], size: Optional[Tuple[int, int]] = None,
+                 png: bool = True) -> np.ndarray:
+    """The RGB pixels of a picture, asserting it is a PNG (unless ``png`` is
+    False) that decodes to ``size`` = (width, height) when given."""
+    path = Path(path)
+    assert path.is_file(), f'{path} was not written'
+    if png:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, f'{path} is not a PNG file'
+    image = mmcv.imread(str(path), channel_order='rgb')
+    assert image is not None and image.ndim == 3, f'{path} does not decode to a colour image'
+    if size is not None:
+        assert (image.shape[1], image.shape[0]) == tuple(size), (
+            f'{path} is {image.shape[1]}x{image.shape[0]}, expected {size[0]}x{size[1]}')
+    return image

@@ -4,8 +4,11 @@
    (``tools/misc/generate_demo_data.py``),
 2. trains a SaPE² segmenter (ViT + UPerNet) and a SaPE² detector (ViTDet-style
    Mask R-CNN) with ``tools/train.py`` for a few minutes each,
-3. evaluates the final checkpoints with ``tools/test.py`` (mIoU; COCO box/mask AP)
-   and prints the metrics.
+3. evaluates the final checkpoints with ``tools/test.py`` (mIoU; COCO box/mask AP),
+   which also draws every validation image's prediction next to its ground truth
+   (``--show-dir``, the toolbox's visualization hook),
+4. shows its work: per task, a grid of the first of those drawings and the
+   training-loss curve, as PNG files; prints the metrics and the pictures' paths.
 
 Usage:
     python tools/demo.py [--tasks seg det] [--iters 300] [--work-dir work_dirs/demo]
@@ -13,6 +16,7 @@ Usage:
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,16 +27,25 @@ from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mmsape.analysis.training_figures import (  # noqa: E402
+    plot_train_losses,
+    read_train_losses,
+    stack_drawings,
+)
 from mmsape.testing.demo_data import ensure_demo_data  # noqa: E402
+
+#: Drawn by mmdet's and mmseg's visualizers: ground truth left, prediction right.
+GT_PRED = ('ground truth', 'prediction')
 
 TASKS = {
     'seg': dict(
         config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-        metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation'),
+        metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation',
+        columns=GT_PRED),
     'det': dict(
         config='configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
         metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
-        title='COCO-format instance segmentation'),
+        title='COCO-format instance segmentation', columns=GT_PRED),
 }
 
 
@@ -44,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--data-root', default='data/demo')
     parser.add_argument('--pos-encoding', default=None,
                         help='swap the position encoding, e.g. PEG or LearnedAPE')
+    parser.add_argument('--grid-rows', type=int, default=4,
+                        help='validation images in each picture of predictions')
     return parser.parse_args()
 
 
@@ -65,26 +80,49 @@ def run(command: list) -> None:
                          f'{" ".join(command)}')
 
 
+def relative_to_root(path: Path) -> str:
+    """``path`` as the commands run from the repository root name it."""
+    return os.path.relpath(path, ROOT) if ROOT in path.parents else str(path)
+
+
+def show_work(task: str, work_dir: Path, drawings_dir: Path, rows: int) -> List[Path]:
+    """The pictures of a task: the first ``rows`` drawings of its test (each
+    prediction next to its ground truth) in one grid, and its loss curve."""
+    spec = TASKS[task]
+    drawings = sorted(p for p in drawings_dir.rglob('*') if p.suffix in ('.png', '.jpg'))
+    if not drawings:
+        raise SystemExit(f'tools/test.py drew nothing in {drawings_dir}')
+    grid = stack_drawings(drawings[:rows], work_dir / 'predictions.png',
+                          column_titles=spec.get('columns'))
+    curve = plot_train_losses(read_train_losses(work_dir, last_run=True),
+                              work_dir / 'loss_curve.png',
+                              title=f'{spec["title"]}\n{Path(spec["config"]).stem}')
+    return [grid, curve]
+
+
 def main() -> None:
     args = parse_args()
     started = time.time()
     data_root = ensure_demo_data(ROOT / args.data_root)
     print(f'demo data ready in {data_root}')
-    results = {}
+    results, pictures = {}, {}
     for task in args.tasks:
         spec = TASKS[task]
-        work_dir = Path(args.work_dir) / task
+        work_dir = ROOT / args.work_dir / task
+        # Losses logged every 10 iterations: the points of the loss curve.
         options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
+                   'default_hooks.logger.interval=10',
                    *schedule_end_options(spec['config'], args.iters)]
         if args.pos_encoding:
             options.append(f'model.backbone.pos_encoding.type={args.pos_encoding}')
         run([sys.executable, 'tools/train.py', spec['config'], '--work-dir', str(work_dir),
              '--cfg-options', *options])
-        checkpoint = (ROOT / work_dir / 'last_checkpoint').read_text().strip()
-        metrics_file = work_dir / 'test_metrics.json'
+        checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
+        metrics_file, drawings_dir = work_dir / 'test_metrics.json', work_dir / 'test_drawings'
         run([sys.executable, 'tools/test.py', spec['config'], checkpoint, '--work-dir',
-             str(work_dir), '--out', str(metrics_file)])
-        results[task] = json.loads((ROOT / metrics_file).read_text())
+             str(work_dir), '--metrics-out', str(metrics_file), '--show-dir', str(drawings_dir)])
+        results[task] = json.loads(metrics_file.read_text())
+        pictures[task] = show_work(task, work_dir, drawings_dir, args.grid_rows)
 
     print(f'\nmmsape demo results ({args.iters} training iterations per task, '
           f'{(time.time() - started) / 60:.1f} min in all)')
@@ -93,6 +131,8 @@ def main() -> None:
         for name in TASKS[task]['metrics']:
             if name in metrics:
                 print(f'  {name:<20} {metrics[name]:8.3f}')
+        for picture in pictures[task]:
+            print(f'  picture: {relative_to_root(picture)}')
 
 
 if __name__ == '__main__':

@@ -1,21 +1,34 @@
 """Evaluate a checkpoint with the config's test dataloader and metric.
 
 Usage:
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out metrics.json]
-                                           [--cfg-options key=value ...] [--launcher pytorch]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+                         [--metrics-out metrics.json] [--show] [--show-dir DIR]
+                         [--wait-time 2] [--tta] [--cfg-options key=value ...]
+                         [--launcher pytorch]
+
+The options are those of mmdet's and mmseg's ``tools/test.py``: ``--out``
+dumps the predictions to a pickle for offline evaluation (mmdet's
+``DumpDetResults`` for detectors, MMEngine's ``DumpResults`` otherwise),
+``--show`` / ``--show-dir`` switch on the config's visualization hook
+(``DetVisualizationHook``, ``SegVisualizationHook`` or mmpretrain's
+``VisualizationHook``), which draws each test image's prediction next to its
+ground truth, and ``--tta`` wraps the model in the config's ``tta_model`` and
+tests it on the ``tta_pipeline``. ``--metrics-out`` writes the metrics as JSON.
 """
 import argparse
 import json
 import os
 import os.path as osp
 import sys
+from pathlib import Path
 
-from mmengine.config import DictAction
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_rank
+from mmengine.runner import Runner
 
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))
 from mmsape.utils import build_runner, load_config  # noqa: E402
 
 
@@ -24,15 +37,79 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where evaluation logs are saved')
-    parser.add_argument('--out', help='write the metrics to this JSON file')
+    parser.add_argument('--out', help='dump the predictions to this pickle file (.pkl)')
+    parser.add_argument('--metrics-out', help='write the metrics to this JSON file')
+    parser.add_argument('--show', action='store_true', help='show each drawing in a window')
+    parser.add_argument('--show-dir',
+                        help='save the drawing of each test image (prediction next to '
+                        'ground truth) in this folder')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each drawing stays shown with --show')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation with the config's tta_model and "
+                        'tta_pipeline')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. test_dataloader.batch_size=1')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out {args.out}: the predictions are dumped to a pickle; name a '
+                     '.pkl file (--metrics-out writes the metrics as JSON)')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def enable_visualization(cfg: Config, show: bool, show_dir: str, wait_time: float) -> None:
+    """Switch on the config's visualization hook for testing, as each toolbox's
+    own ``tools/test.py`` does for its hook, drawing every test image."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise SystemExit(
+            '--show / --show-dir draw through the visualization hook, and the config has '
+            'none: add default_hooks.visualization, e.g. dict(type=\'DetVisualizationHook\') '
+            "(mmdet), dict(type='SegVisualizationHook') (mmseg) or "
+            "dict(type='VisualizationHook') (mmpretrain).")
+    # Absolute: mmdet's and mmpretrain's hooks put relative folders under the
+    # run's log folder.
+    show_dir = osp.abspath(show_dir) if show_dir else None
+    kind = hook['type'].split('.')[-1]
+    if kind == 'DetVisualizationHook':
+        hook.update(draw=True, test_out_dir=show_dir)
+    elif kind == 'SegVisualizationHook':
+        # It draws every `interval`-th batch and saves through the visualizer.
+        hook.update(draw=True, interval=1)
+        if show_dir:
+            cfg.visualizer.save_dir = show_dir
+    elif kind == 'VisualizationHook':
+        hook.update(enable=True, interval=1, out_dir=show_dir)
+    else:
+        raise SystemExit(f'--show / --show-dir: unknown visualization hook {hook["type"]!r}; '
+                         'tools/test.py drives those of mmdet, mmseg and mmpretrain.')
+    hook.update(show=show, wait_time=wait_time)
+
+
+def use_tta(cfg: Config, config_path: str) -> None:
+    """Test the config's ``tta_model`` around its model on its ``tta_pipeline``."""
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        raise SystemExit(
+            f'--tta: {config_path} defines no {" or ".join(missing)}. Add them as mmdet / '
+            "mmseg configs do, e.g. tta_model = dict(type='SegTTAModel') and a tta_pipeline "
+            "whose TestTimeAug lists the flips / scales to merge.")
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+
+
+def add_dump_metric(runner: Runner, scope: str, out_file: str) -> None:
+    """Dump the predictions with the toolbox's metric for it (mmdet's encodes
+    masks and drops the ground truth)."""
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults as DumpResults
+    else:
+        from mmengine.evaluator import DumpResults
+    runner.test_loop.evaluator.metrics.append(DumpResults(out_file_path=out_file))
 
 
 def main() -> None:
@@ -42,14 +119,28 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+    if args.tta:
+        use_tta(cfg, args.config)
 
     runner = build_runner(cfg)
+    if args.out:
+        add_dump_metric(runner, cfg.get('default_scope'), args.out)
     metrics = runner.test()
-    if args.out and get_rank() == 0:
-        with open(args.out, 'w') as f:
+    if get_rank() != 0:
+        return
+    if args.out:
+        print(f'predictions dumped to {args.out}')
+    if args.show_dir:
+        drawings = [p for p in Path(args.show_dir).rglob('*')
+                    if p.suffix.lower() in ('.png', '.jpg')]
+        print(f'{len(drawings)} drawings in {args.show_dir}')
+    if args.metrics_out:
+        with open(args.metrics_out, 'w') as f:
             json.dump({k: float(v) if hasattr(v, '__float__') else v
                        for k, v in metrics.items()}, f, indent=2)
-        print(f'metrics written to {args.out}')
+        print(f'metrics written to {args.metrics_out}')
 
 
 if __name__ == '__main__':

@@ -79,6 +79,21 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# Test-time augmentation (tools/test.py --tta): the test resize with and without a
+# horizontal flip (which keeps every label); the default runtime's SegTTAModel
+# averages the two predictions.
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=(256, 128), keep_ratio=True)],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations', reduce_zero_label=True)],
+            [dict(type='PackSegInputs')],
+        ]),
+]
 dataset = dict(
     type='BaseSegDataset',
     data_root=data_root,

@@ -46,8 +46,8 @@ def test_train_then_test_gives_metric(task, demo_root, tmp_path):
     checkpoint = tmp_path / 'iter_4.pth'
     assert checkpoint.is_file()
     out = tmp_path / 'metrics.json'
-    run_tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test', '--out', out,
-             *(['--cfg-options', *test_options] if test_options else []))
+    run_tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test',
+             '--metrics-out', out, *(['--cfg-options', *test_options] if test_options else []))
     metrics = json.loads(out.read_text())
     assert metric in metrics and math.isfinite(metrics[metric])
 
@@ -110,7 +110,7 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
     out = tmp_path / 'metrics.json'
     result = subprocess.run(
         [*torchrun, 'tools/test.py', config, str(tmp_path / 'iter_4.pth'), '--launcher',
-         'pytorch', '--work-dir', str(tmp_path / 'test'), '--out', str(out)],
+         'pytorch', '--work-dir', str(tmp_path / 'test'), '--metrics-out', str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert math.isfinite(json.loads(out.read_text())[metric])

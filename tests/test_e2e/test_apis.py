@@ -1,0 +1,101 @@
+"""mmsape.apis: one process runs segmentation, detection and classification
+models in turn, and each gives what its toolbox's own API gives alone in a
+fresh process."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmsape.apis import config_scope, inference_model
+
+from builders import ROOT
+
+pytestmark = pytest.mark.e2e
+
+IMAGES = {
+    'seg': 'data/demo/ade/ADEChallengeData2016/images/validation/ADE_val_00000001.jpg',
+    'det': 'data/demo/coco/val2017/000001000001.jpg',
+    'cls': 'data/demo/imagenet/val/green_disc/green_disc_00001.jpg',
+}
+
+# Prints {task: prediction} as JSON. 'mmsape' runs every job through mmsape.apis
+# after another toolbox left its default scope current; 'toolbox' runs one job
+# through the toolbox's own functions.
+SCRIPT = r'''
+import json, sys
+import torch
+from mmengine.registry import init_default_scope
+
+
+def summary(task, prediction):
+    if task == 'det':
+        instances = prediction.pred_instances
+        return dict(bboxes=instances.bboxes.tolist(), scores=instances.scores.tolist(),
+                    labels=instances.labels.tolist())
+    if task == 'seg':
+        return dict(label_map=prediction.pred_sem_seg.data[0].tolist())
+    return dict(scores=prediction.pred_score.tolist())
+
+
+mode, jobs = sys.argv[1], [job.split('|') for job in sys.argv[2:]]
+results = {}
+if mode == 'mmsape':
+    from mmsape.apis import inference_model, init_model
+    init_default_scope('mmpretrain')
+    for task, config, checkpoint, image in jobs:
+        model = init_model(config, checkpoint)
+        results[task] = summary(task, inference_model(model, image))
+else:
+    (task, config, checkpoint, image), = jobs
+    if task == 'det':
+        from mmdet.apis import inference_detector, init_detector
+        prediction = inference_detector(init_detector(config, checkpoint, device='cpu'), image)
+    elif task == 'seg':
+        from mmseg.apis import inference_model, init_model
+        prediction = inference_model(init_model(config, checkpoint, device='cpu'), image)
+    else:
+        from mmpretrain.apis import ImageClassificationInferencer, init_model
+        model = init_model(config, checkpoint, device='cpu')
+        prediction = ImageClassificationInferencer(model)(image, return_datasamples=True)[0]
+    results[task] = summary(task, prediction)
+print('RESULTS ' + json.dumps(results))
+'''
+
+
+def predict(mode: str, jobs: list) -> dict:
+    result = subprocess.run(
+        [sys.executable, '-c', SCRIPT, mode, *('|'.join(map(str, job)) for job in jobs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith('RESULTS '))
+    return json.loads(line[len('RESULTS '):])
+
+
+def test_tasks_in_turn_in_one_process_match_each_toolbox_alone(trained_demo):
+    jobs = [(task, *trained_demo(task), IMAGES[task]) for task in ('seg', 'det', 'cls')]
+    mixed = predict('mmsape', jobs)
+    for job in jobs:
+        task = job[0]
+        alone = predict('toolbox', [job])[task]
+        if task == 'seg':
+            assert np.array_equal(mixed[task]['label_map'], alone['label_map'])
+        elif task == 'det':
+            assert len(alone['scores']) > 0
+            assert mixed[task]['labels'] == alone['labels']
+            np.testing.assert_allclose(mixed[task]['bboxes'], alone['bboxes'], atol=1e-3)
+            np.testing.assert_allclose(mixed[task]['scores'], alone['scores'], atol=1e-5)
+        else:
+            np.testing.assert_allclose(mixed[task]['scores'], alone['scores'], atol=1e-6)
+
+
+def test_bad_configs_and_models_name_the_fix():
+    assert config_scope(Config(dict(default_scope='mmseg'))) == 'mmseg'
+    for scope in (None, 'mmsape', 'mmdet3d'):
+        with pytest.raises(ValueError, match="default_runtime"):
+            config_scope(Config(dict(default_scope=scope)))
+    with pytest.raises(TypeError, match='init_model'):
+        inference_model(torch.nn.Linear(2, 2), IMAGES['seg'])
