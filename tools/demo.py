@@ -11,7 +11,7 @@
    training-loss curve, as PNG files; prints the metrics and the pictures' paths.
 
 Usage:
-    python tools/demo.py [--tasks seg det] [--iters 300] [--work-dir work_dirs/demo]
+    python tools/demo.py [--tasks seg det] [--iters N] [--work-dir work_dirs/demo]
                          [--pos-encoding SaPE2]
 """
 import argparse
@@ -40,11 +40,20 @@ GT_PRED = ('ground truth', 'prediction')
 TASKS = {
     'seg': dict(
         config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-        metrics=['mIoU', 'mAcc', 'aAcc'], title='ADE20K-format segmentation',
+        # and each class's IoU (PerClassIoUMetric): upper_blob / lower_blob differ
+        # only in position
+        metrics=['mIoU', 'mAcc', 'aAcc',
+                 *(f'IoU.{name}'
+                   for name in ('background', 'green_blob', 'upper_blob', 'lower_blob'))],
+        title='ADE20K-format segmentation',
         columns=GT_PRED),
     'det': dict(
-        config='configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
-        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+        config='configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
+        # and the per-class box AP of the config's PerClassCocoMetric: the layout
+        # classes top_disc / bottom_disc differ only in position
+        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50',
+                 *(f'coco/bbox_AP.{name}'
+                   for name in ('green_disc', 'top_disc', 'bottom_disc', 'bar'))],
         title='COCO-format instance segmentation', columns=GT_PRED),
 }
 
@@ -52,7 +61,8 @@ TASKS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--tasks', nargs='+', choices=sorted(TASKS), default=['seg', 'det'])
-    parser.add_argument('--iters', type=int, default=300, help='training iterations per task')
+    parser.add_argument('--iters', type=int, default=None,
+                        help="training iterations per task (default: each config's schedule)")
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default='data/demo')
     parser.add_argument('--pos-encoding', default=None,
@@ -109,28 +119,33 @@ def main() -> None:
     for task in args.tasks:
         spec = TASKS[task]
         work_dir = ROOT / args.work_dir / task
+        # the test must build the model that was trained (the same encoding)
+        model_options = ([f'model.backbone.pos_encoding.type={args.pos_encoding}']
+                         if args.pos_encoding else [])
+        schedule_options = ([f'train_cfg.max_iters={args.iters}',
+                             f'train_cfg.val_interval={args.iters}',
+                             *schedule_end_options(spec['config'], args.iters)]
+                            if args.iters else [])
         # Losses logged every 10 iterations: the points of the loss curve.
-        options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-                   'default_hooks.logger.interval=10',
-                   *schedule_end_options(spec['config'], args.iters)]
-        if args.pos_encoding:
-            options.append(f'model.backbone.pos_encoding.type={args.pos_encoding}')
         run([sys.executable, 'tools/train.py', spec['config'], '--work-dir', str(work_dir),
-             '--cfg-options', *options])
+             '--cfg-options', 'default_hooks.logger.interval=10', *schedule_options,
+             *model_options])
         checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
         metrics_file, drawings_dir = work_dir / 'test_metrics.json', work_dir / 'test_drawings'
         run([sys.executable, 'tools/test.py', spec['config'], checkpoint, '--work-dir',
-             str(work_dir), '--metrics-out', str(metrics_file), '--show-dir', str(drawings_dir)])
+             str(work_dir), '--metrics-out', str(metrics_file), '--show-dir', str(drawings_dir),
+             *(['--cfg-options', *model_options] if model_options else [])])
         results[task] = json.loads(metrics_file.read_text())
         pictures[task] = show_work(task, work_dir, drawings_dir, args.grid_rows)
 
-    print(f'\nmmsape demo results ({args.iters} training iterations per task, '
-          f'{(time.time() - started) / 60:.1f} min in all)')
+    schedule = (f'{args.iters} training iterations per task' if args.iters
+                else "each config's schedule")
+    print(f'\nmmsape demo results ({schedule}, {(time.time() - started) / 60:.1f} min in all)')
     for task, metrics in results.items():
         print(f'\n{TASKS[task]["title"]} ({TASKS[task]["config"]})')
         for name in TASKS[task]['metrics']:
             if name in metrics:
-                print(f'  {name:<20} {metrics[name]:8.3f}')
+                print(f'  {name:<28} {metrics[name]:8.3f}')
         for picture in pictures[task]:
             print(f'  picture: {relative_to_root(picture)}')
 

@@ -118,7 +118,8 @@ val_dataloader = dict(
                  data_prefix=dict(img_path='images/validation',
                                   seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+# mmseg's IoUMetric with each class's IoU among its results (IoU.<class>)
+val_evaluator = dict(type='mmsape.PerClassIoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 max_iters = 300

@@ -28,7 +28,7 @@ from builders import kernel_that_ran, run_tool, short_run, tiny_vit
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG_DEMO = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
-DET_DEMO = 'configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py'
+DET_DEMO = 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py'
 #: Encodings that cannot be built from their type alone, and what to build instead.
 CONFIGS = {'PositionEncodingStack': [dict(type='LearnedAPE'), dict(type='SaPE2')]}
 

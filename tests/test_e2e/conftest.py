@@ -12,7 +12,7 @@ from builders import ROOT, run_tool, short_run
 DEMO_CONFIGS = {
     'cls': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
     'seg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-    'det': 'configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+    'det': 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
 }
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = {
     'cls': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'accuracy/top1'),
     'seg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py', 'mIoU'),
-    'det': ('configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+    'det': ('configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
             'coco/bbox_mAP'),
 }
 pytestmark = pytest.mark.e2e

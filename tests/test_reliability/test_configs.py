@@ -26,7 +26,7 @@ CONFIGS = {
     'mmpretrain': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
     'mmseg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
     # ViTDet style: window attention, no class token, global blocks (1, 3).
-    'mmdet': 'configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+    'mmdet': 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
 }
 
 

