@@ -129,10 +129,15 @@ def inference_model(model: nn.Module, images: ImagesType):
         if scope == 'mmseg':
             return inference_segmentor(model, images)
         # mmpretrain's inference_model needs a model of its model zoo; its
-        # inferencer takes any classifier.
+        # inferencer takes any classifier. Its pieces are called rather than
+        # the inferencer itself, whose call draws a progress bar on stdout (with
+        # no line end when stdout is not a terminal): an API call, like
+        # inference_detector, prints nothing.
         batch = isinstance(images, (list, tuple))
-        predictions = ImageClassificationInferencer(model)(
-            list(images) if batch else [images], return_datasamples=True)
+        inferencer = ImageClassificationInferencer(model)
+        predictions = []
+        for data in inferencer.preprocess(list(images) if batch else [images]):
+            predictions.extend(inferencer.forward(data))
         return predictions if batch else predictions[0]
 
 

@@ -43,6 +43,9 @@ class PerClassCocoMetric(CocoMetric):
         class_keys = {name + _MMDET_CLASS_SUFFIX: name
                       for name in self.dataset_meta['classes']}
         metrics, merged = self.metrics, OrderedDict()
+        # One mmdet evaluation per metric: its loop shares the class keys, and
+        # it exposes nothing per metric. The price is writing the prediction
+        # JSON once per metric (the ground truth is converted once).
         try:
             for metric in metrics:
                 self.metrics = [metric]

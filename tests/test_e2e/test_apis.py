@@ -62,7 +62,8 @@ else:
         model = init_model(config, checkpoint, device='cpu')
         prediction = ImageClassificationInferencer(model)(image, return_datasamples=True)[0]
     results[task] = summary(task, prediction)
-print('RESULTS ' + json.dumps(results))
+# own line: a toolbox may leave a progress bar without a line end on stdout
+print('\nRESULTS ' + json.dumps(results))
 '''
 
 
@@ -71,6 +72,8 @@ def predict(mode: str, jobs: list) -> dict:
         [sys.executable, '-c', SCRIPT, mode, *('|'.join(map(str, job)) for job in jobs)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    if mode == 'mmsape':  # API calls print no progress bar (mmpretrain's inferencer does)
+        assert 'Inference' not in result.stdout, result.stdout[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith('RESULTS '))
     return json.loads(line[len('RESULTS '):])
 
