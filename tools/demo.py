@@ -40,20 +40,18 @@ GT_PRED = ('ground truth', 'prediction')
 TASKS = {
     'seg': dict(
         config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-        # and each class's IoU (PerClassIoUMetric): upper_blob / lower_blob differ
-        # only in position
-        metrics=['mIoU', 'mAcc', 'aAcc',
-                 *(f'IoU.{name}'
-                   for name in ('background', 'green_blob', 'upper_blob', 'lower_blob'))],
+        metrics=['mIoU', 'mAcc', 'aAcc'],
+        # each class of the config's PerClassIoUMetric: upper_blob / lower_blob
+        # differ only in position
+        per_class='IoU.{}',
         title='ADE20K-format segmentation',
         columns=GT_PRED),
     'det': dict(
         config='configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
-        # and the per-class box AP of the config's PerClassCocoMetric: the layout
+        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+        # each class's box AP of the config's PerClassCocoMetric: the layout
         # classes top_disc / bottom_disc differ only in position
-        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50',
-                 *(f'coco/bbox_AP.{name}'
-                   for name in ('green_disc', 'top_disc', 'bottom_disc', 'bar'))],
+        per_class='coco/bbox_AP.{}',
         title='COCO-format instance segmentation', columns=GT_PRED),
 }
 
@@ -80,6 +78,13 @@ def schedule_end_options(config: str, iters: int) -> List[str]:
     return [f'param_scheduler.{index}.end={iters}'
             for index, scheduler in enumerate(cfg.param_scheduler)
             if scheduler.get('end') == cfg.train_cfg.max_iters]
+
+
+def metric_names(task: str) -> List[str]:
+    """The task's summary metrics, then one per class of its config."""
+    spec = TASKS[task]
+    classes = Config.fromfile(str(ROOT / spec['config'])).classes
+    return [*spec['metrics'], *(spec['per_class'].format(name) for name in classes)]
 
 
 def run(command: list) -> None:
@@ -143,7 +148,7 @@ def main() -> None:
     print(f'\nmmsape demo results ({schedule}, {(time.time() - started) / 60:.1f} min in all)')
     for task, metrics in results.items():
         print(f'\n{TASKS[task]["title"]} ({TASKS[task]["config"]})')
-        for name in TASKS[task]['metrics']:
+        for name in metric_names(task):
             if name in metrics:
                 print(f'  {name:<28} {metrics[name]:8.3f}')
         for picture in pictures[task]:
