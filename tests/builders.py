@@ -87,10 +87,15 @@ def kernel_that_ran(out: torch.Tensor) -> str:
 
 
 def load_tool(name: str) -> ModuleType:
-    """``tools/analysis/<name>.py`` as a module, registered in ``sys.modules``
-    under ``name`` as an import would."""
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / 'tools' / 'analysis' / f'{name}.py')
+    """``tools/analysis/<name>.py`` as a module (see :func:`load_script`)."""
+    return load_script(f'tools/analysis/{name}.py')
+
+
+def load_script(path: str) -> ModuleType:
+    """The script at ``path`` (relative to the repository) as a module,
+    registered in ``sys.modules`` under its file name as an import would."""
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

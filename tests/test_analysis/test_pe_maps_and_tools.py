@@ -68,7 +68,7 @@ def test_visualize_pe_cli(tiny_models, tmp_path):
 def test_get_flops_cli(capsys):
     tool = load_tool('get_flops')
     assert tool.main(['--arch', 'deit-tiny', '--shape', '32', '48', '--repeats', '1',
-                      '--threads', '1', '--encodings', 'none', 'SaPE2 query']) == 0
+                      '--threads', '1', '--encodings', 'none', 'sape2']) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith('| ')]
     assert lines[0].startswith('| encoding | params (M) | GFLOPs')

@@ -8,11 +8,15 @@ tool registers one (``B*heads*N*M*(d + d_v)``). Ops still without a handle
 (SaPE² / CoPE gates, cumulative sums, sqrt, RoPE's elementwise rotation) are
 listed in the "uncounted ops" column rather than silently ignored.
 
-Example::
+The encodings are the files of ``configs/_base_/pos_encodings/`` (by file name;
+the default is all of them). Example::
 
     python tools/analysis/get_flops.py --arch deit-tiny --shape 224 224 --patch-size 16
+    python tools/analysis/get_flops.py --encodings ape peg sape2 sape2_qrel_lookup
 """
 import argparse
+import glob
+import os.path as osp
 import sys
 import time
 from collections import Counter
@@ -21,11 +25,20 @@ from typing import Any, List
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
+from mmengine.config import Config
 
-from mmsape.analysis.encodings import COMPARED_ENCODINGS
 from mmsape.models import PosEncViT
 
-ENCODINGS = COMPARED_ENCODINGS
+#: The encodings users put in their configs, one file each.
+ENCODINGS_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+                         'configs', '_base_', 'pos_encodings')
+ENCODINGS = sorted(osp.splitext(osp.basename(path))[0]
+                   for path in glob.glob(osp.join(ENCODINGS_DIR, '*.py')))
+
+
+def read_pos_encoding(name: str):
+    """``pos_encoding`` of ``configs/_base_/pos_encodings/<name>.py``."""
+    return Config.fromfile(osp.join(ENCODINGS_DIR, f'{name}.py')).to_dict()['pos_encoding']
 
 
 def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
@@ -41,9 +54,8 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 def count(name: str, arch: str, shape, patch_size: int) -> dict:
     """Build one model; count its parameters and FLOPs."""
-    pos_encoding, extra = ENCODINGS[name]
     model = PosEncViT(arch=arch, img_size=tuple(shape), patch_size=patch_size,
-                      pos_encoding=pos_encoding, **extra).eval()
+                      pos_encoding=read_pos_encoding(name)).eval()
     inputs = torch.randn(1, 3, *shape)
     analyzer = FlopAnalyzer(model, (inputs, ))
     analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
@@ -84,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224],
                         metavar=('H', 'W'), help='input size')
     parser.add_argument('--patch-size', type=int, default=16, help='patch size')
-    parser.add_argument('--encodings', nargs='+', default=list(ENCODINGS),
-                        choices=list(ENCODINGS), help='encodings to measure')
+    parser.add_argument('--encodings', nargs='+', default=ENCODINGS, choices=ENCODINGS,
+                        help='files of configs/_base_/pos_encodings/ to measure')
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed rounds over all models (the fastest run is reported), batch 1')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')

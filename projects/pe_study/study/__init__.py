@@ -1,6 +1,6 @@
-"""The position-encoding study behind ``tools/analysis/pe_study.py``.
+"""The position-encoding study behind ``projects/pe_study/run.py``.
 
-Every encoding of :data:`~mmsape.analysis.encodings.COMPARED_ENCODINGS` is
+Every encoding of :data:`~projects.pe_study.study.encodings.ROWS` is
 trained with the same small ViT and budget, then tested without fine-tuning at
 1x, 1.5x, 2x and 3x its training size (the extrapolation protocol of CPVT,
 RoPE-ViT and LookHere), on

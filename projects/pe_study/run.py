@@ -4,11 +4,11 @@ Trains every position encoding with the same small ViT and budget on digits
 (centred and randomly shifted training) and on the study's segmentation set,
 tests them at 1x..3x the training size without fine-tuning, on shifted inputs
 and for translation equivariance (the parts are described in
-:mod:`mmsape.analysis.pe_study`). The trainings run as independent jobs on
+:mod:`projects.pe_study.study`). The trainings run as independent jobs on
 ``--workers`` single-thread processes; then ``docs/pe_study/README.md`` is
 written from their JSON results (every number in it comes from this run)::
 
-    python tools/analysis/pe_study.py --out docs/pe_study
+    python projects/pe_study/run.py --out docs/pe_study
 
 ``--quick`` shrinks everything to a smoke test (about a minute); ``--resume``
 reuses the results of an interrupted run (same protocol) from ``--work-dir``.
@@ -22,10 +22,14 @@ import sys
 import time
 from typing import List, Optional
 
-from mmsape.analysis.encodings import COMPARED_ENCODINGS as ENCODINGS
-from mmsape.analysis.pe_study import report
-from mmsape.analysis.pe_study.digits import TRAINING_PROTOCOLS
-from mmsape.analysis.pe_study.jobs import (
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if ROOT not in sys.path:  # run as a script from anywhere: the repository is the import root
+    sys.path.insert(0, ROOT)
+
+from projects.pe_study.study import report  # noqa: E402
+from projects.pe_study.study.digits import TRAINING_PROTOCOLS  # noqa: E402
+from projects.pe_study.study.encodings import ROWS as ENCODINGS  # noqa: E402
+from projects.pe_study.study.jobs import (  # noqa: E402
     FULL_PROTOCOL,
     QUICK_PROTOCOL,
     StudyProtocol,
@@ -33,9 +37,11 @@ from mmsape.analysis.pe_study.jobs import (
     plan_jobs,
     run_jobs,
 )
-from mmsape.analysis.pe_study.segmentation import SEG_DATA_ROOT, SEG_ENCODINGS, prepare_seg_data
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from projects.pe_study.study.segmentation import (  # noqa: E402
+    SEG_DATA_ROOT,
+    SEG_ENCODINGS,
+    prepare_seg_data,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: 1 seed, 2 encodings, tiny model, few steps')
     args = parser.parse_args(argv)
-    args.command = 'python tools/analysis/pe_study.py ' + shlex.join(
+    args.command = 'python projects/pe_study/run.py ' + shlex.join(
         argv if argv is not None else sys.argv[1:])
     base = QUICK_PROTOCOL if args.quick else FULL_PROTOCOL
     args.protocol = StudyProtocol(
@@ -103,7 +109,7 @@ def run_record(args, wall_s: float, seg_data: Optional[dict] = None) -> dict:
 
 
 def write_report(args, digits: List[dict], seg: List[dict], wall_s: float) -> str:
-    """:func:`mmsape.analysis.pe_study.report.write_report` for this run's settings."""
+    """:func:`projects.pe_study.study.report.write_report` for this run's settings."""
     return report.write_report(args.out, digits, seg, run_record(args, wall_s))
 
 

@@ -1,7 +1,7 @@
 """The study's digits part: scikit-learn's 8x8 handwritten digits on a canvas,
 one small :class:`~mmsape.models.PosEncViT` per encoding trained with a plain
 PyTorch loop, then measured at other sizes, under translation and for per-block
-equivariance (see :mod:`mmsape.analysis.pe_study`)."""
+equivariance (see :mod:`projects.pe_study.study`)."""
 import copy
 import functools
 import math
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmsape.analysis.encodings import COMPARED_ENCODINGS
 from mmsape.analysis.equivariance import featmap_equivariance, logit_invariance
 from mmsape.models import PosEncViT
+
+from .encodings import row_settings
 
 DIGIT_SIZE, CANVAS, PATCH = 16, 24, 4
 #: The extrapolation protocol's sizes: 1x, 1.5x, 2x and 3x the training canvas.
@@ -193,7 +194,7 @@ def train_digits(name: str, seed: int, epochs: int, quick: bool, data,
         raise ValueError(f'training={training!r} is not one of {TRAINING_PROTOCOLS}.')
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
-    pos_encoding, extra = COMPARED_ENCODINGS[name]
+    pos_encoding, extra = row_settings(name)
     model = DigitsViT(pos_encoding, extra, quick)
     params = sum(p.numel() for p in model.parameters())
     start, start_cpu = time.time(), time.process_time()

@@ -1,5 +1,5 @@
 """The study's protocol, and its trainings as independent jobs run by a pool of
-single-thread worker processes (see :mod:`mmsape.analysis.pe_study`).
+single-thread worker processes (see :mod:`projects.pe_study.study`).
 
 Every (part, encoding, seed, training protocol) is one job; each result is
 saved as its own JSON file as soon as it is done, so an interrupted run resumes
@@ -17,14 +17,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mmsape.analysis.pe_study.digits import (
+from .digits import (
     CANVAS,
     TRAINING_PROTOCOLS,
     digits_canvases,
     size_key,
     train_digits,
 )
-from mmsape.analysis.pe_study.segmentation import train_seg
+from .segmentation import train_seg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class StudyProtocol:
         seg_num_train (int): Training images of the segmentation set.
         seg_num_val (int): Validation images of the segmentation set.
         training_protocols (tuple[str]): Digits training protocols
-            (:data:`~mmsape.analysis.pe_study.digits.TRAINING_PROTOCOLS`).
+            (:data:`~projects.pe_study.study.digits.TRAINING_PROTOCOLS`).
         quick (bool): Smoke test: tiny digits model, two segmentation sizes.
     """
     digits_seeds: Tuple[int, ...]

@@ -1,4 +1,4 @@
-"""The position-encoding study: its pieces in mmsape.analysis.pe_study and its CLI."""
+"""The position-encoding study (projects/pe_study): its pieces and its CLI."""
 import json
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmsape.analysis import encodings
-from mmsape.analysis.pe_study import digits as study
-from mmsape.analysis.pe_study import jobs, report
-from mmsape.analysis.pe_study.segmentation import (
+from mmsape.utils.config_entries import find_entry, find_entry_index
+from projects.pe_study.study import digits as study
+from projects.pe_study.study import encodings, jobs, report
+from projects.pe_study.study.segmentation import (
     SEG_BASE,
     SEG_CLASSES,
     SEG_CONFIG,
@@ -17,9 +17,8 @@ from mmsape.analysis.pe_study.segmentation import (
     seg_config,
     seg_sizes,
 )
-from mmsape.utils.config_entries import find_entry, find_entry_index
 
-from builders import ROOT, load_tool
+from builders import ROOT, load_script
 
 
 def test_pe_study_building_blocks(tmp_path):
@@ -31,7 +30,7 @@ def test_pe_study_building_blocks(tmp_path):
     results = [study.train_digits(name, 0, 1, True, data) for name in ('APE', 'none')]
     sizes = {f'{h}x{w}' for h, w in study.DIGIT_EVAL_SIZES}
     assert set(results[0]['acc']) == sizes
-    tool = load_tool('pe_study')
+    tool = load_script('projects/pe_study/run.py')
     args = tool.parse_args(['--quick', '--out', str(tmp_path)])
     report_text = tool.write_report(args, results, [], wall_s=1.)
     assert (tmp_path / 'README.md').exists() and (tmp_path / 'digits_resolution.png').exists()
@@ -63,7 +62,7 @@ def test_random_translate_is_translate_per_image():
 
 
 def test_param_groups_follow_the_declaration():
-    model = study.DigitsViT(*encodings.COMPARED_ENCODINGS['SaPE2+APE'], quick=True)
+    model = study.DigitsViT(*encodings.row_settings('SaPE2+APE'), quick=True)
     decay, no_decay = study.param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     declared = {f'backbone.{n}' for n in model.backbone.no_weight_decay()}
@@ -83,7 +82,8 @@ def test_seg_config_sets_the_resizes_by_type(tmp_path):
     demo = Config.fromfile(str(ROOT / SEG_CONFIG)).train_dataloader.dataset.pipeline
     changed = [index for index, (old, new) in enumerate(zip(demo, train)) if old != new]
     assert changed == [find_entry_index(train, 'RandomResize')]
-    assert cfg.model.backbone.pos_encoding == dict(type='PEG')
+    # the row's file, configs/_base_/pos_encodings/peg.py
+    assert cfg.model.backbone.pos_encoding == dict(type='mmsape.PEG')
     assert cfg.model.backbone.img_size == SEG_BASE
     assert cfg.randomness.seed == 3 and cfg.train_cfg.max_iters == 10
     # The study's set: its classes everywhere, and per-class IoU.
@@ -105,12 +105,24 @@ def test_goal_rows_are_found_from_their_configs(monkeypatch):
         'qrel+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2', count_from='query')], {}),
         'published': (dict(type='SaPE2'), {}),
     }
-    for name, row in rows.items():
-        monkeypatch.setitem(encodings.COMPARED_ENCODINGS, name, row)
+    use_rows(monkeypatch, rows)
     found = [n for n in rows if encodings.is_query_relative_sape2(n)]
     assert found == ['qrel', 'qrel+PEG']
     assert all(encodings.uses_sape2(n) for n in rows)
     assert not encodings.uses_sape2('PEG')
+
+
+def use_rows(monkeypatch, rows: dict) -> None:
+    """Add study rows whose config files hold the given ``pos_encoding``."""
+    files = {}
+    for name, (pos_encoding, extra) in rows.items():
+        monkeypatch.setitem(encodings.ROWS, name, ((f'test:{name}', ), extra))
+        files[f'test:{name}'] = pos_encoding
+    read = encodings.read_pos_encoding
+    monkeypatch.setattr(
+        encodings, 'read_pos_encoding', lambda name: [dict(p) for p in (
+            files[name] if isinstance(files[name], list) else [files[name]])]
+        if name in files else read(name))
 
 
 def fake_seg_run(name: str, seed: int, miou: dict, groups: dict) -> dict:
@@ -143,9 +155,8 @@ def fake_seg_results(candidate_at: dict) -> list:
 
 @pytest.fixture
 def goal_rows(monkeypatch):
-    monkeypatch.setitem(encodings.COMPARED_ENCODINGS, 'LookHere', (dict(type='LookHere'), {}))
-    monkeypatch.setitem(encodings.COMPARED_ENCODINGS, 'qrel',
-                        (dict(type='SaPE2', count_from='query'), {}))
+    use_rows(monkeypatch, {'LookHere': (dict(type='LookHere'), {}),
+                           'qrel': (dict(type='SaPE2', count_from='query'), {})})
 
 
 def test_goal_verdict_follows_the_numbers(goal_rows):
@@ -235,7 +246,7 @@ def test_run_jobs_saves_resumes_and_reports_failures(tmp_path, monkeypatch):
 def test_quick_study_end_to_end(tmp_path):
     """The CLI with two worker processes: jobs, JSON, run record, report and
     plots; then --part report rewrites the report from the JSON alone."""
-    tool = load_tool('pe_study')
+    tool = load_script('projects/pe_study/run.py')
     out, work = tmp_path / 'out', tmp_path / 'work'
     argv = ['--quick', '--training', 'shifted', '--encodings', 'none', '--out', str(out),
             '--work-dir', str(work)]

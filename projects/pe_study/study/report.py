@@ -1,6 +1,6 @@
 """The study's report: markdown tables, plots and findings computed from the
 JSON results of the digits and segmentation parts (see
-:mod:`mmsape.analysis.pe_study`). Every sentence that states a result is
+:mod:`projects.pe_study.study`). Every sentence that states a result is
 generated from the numbers; nothing here is edited by hand after a run."""
 import math
 import os.path as osp
@@ -10,9 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mmsape.analysis.encodings import COMPARED_ENCODINGS as ENCODINGS
-from mmsape.analysis.encodings import is_query_relative_sape2, uses_sape2
-from mmsape.analysis.pe_study.digits import (
+from .digits import (
     CANVAS,
     DIGIT_EVAL_SIZES,
     DIGIT_SCALES,
@@ -24,8 +22,10 @@ from mmsape.analysis.pe_study.digits import (
     TRAINING_PROTOCOLS,
     size_key,
 )
-from mmsape.analysis.pe_study.jobs import StudyProtocol, estimate_wall_s, plan_jobs
-from mmsape.analysis.pe_study.segmentation import (
+from .encodings import ROWS as ENCODINGS
+from .encodings import is_query_relative_sape2, uses_sape2
+from .jobs import StudyProtocol, estimate_wall_s, plan_jobs
+from .segmentation import (
     DIGITS_ONLY,
     SEG_BASE,
     SEG_CLASS_GROUPS,
@@ -53,7 +53,7 @@ BUDGET_NOTE = (
     'four-size evaluation) were timed at one thread with `time.process_time()` on this '
     '2-vCPU machine while 6-10 other processes ran (load average 4-11); '
     '`MEASURED_DIGITS_CPU_S` / `MEASURED_SEG_CPU_S` in '
-    '`mmsape/analysis/pe_study/jobs.py` hold them (per epoch / iteration, and per '
+    '`projects/pe_study/study/jobs.py` hold them (per epoch / iteration, and per '
     'evaluation; the larger of two measurements where there were two). Learnability, '
     'on baselines only: with the first version of the study set, APE after 300 '
     'iterations segmented no frame- or relation-defined class (IoU 15 and 0) and after '
@@ -218,7 +218,7 @@ def goal_section(results: List[dict]) -> List[str]:
         if len(scales) < len(GOAL_SCALES):
             what.append(f'no test at {" and ".join(map(scale_label, GOAL_SCALES))}')
         lines += [f'**Not measured by this run**: it has {"; ".join(what)} (rows come '
-                  f'from `mmsape.analysis.encodings.COMPARED_ENCODINGS`, sizes from the '
+                  f'from `projects/pe_study/study/encodings.py` (`ROWS`), sizes from the '
                   f'protocol).', '']
         if not candidates or not baselines or not scales:
             return lines

@@ -3,7 +3,7 @@ mmseg machinery with each encoding on the study's segmentation set (the demo
 data variant ``'seg_frame_relation'``: classes defined by colour, by the image
 frame and by a neighbour), then evaluated at 1x..3x its training size
 (:func:`~mmsape.analysis.resolution.evaluate_at_sizes`, per-class IoU) and
-scored for equivariance (see :mod:`mmsape.analysis.pe_study`)."""
+scored for equivariance (see :mod:`projects.pe_study.study`)."""
 import copy
 import os.path as osp
 import time
@@ -11,7 +11,6 @@ from typing import Tuple
 
 from mmengine.config import Config
 
-from mmsape.analysis.encodings import COMPARED_ENCODINGS
 from mmsape.analysis.equivariance import score_model
 from mmsape.analysis.resolution import describe_size, evaluate_at_sizes
 from mmsape.testing.demo_data import (
@@ -23,12 +22,14 @@ from mmsape.testing.demo_data import (
 )
 from mmsape.utils.config_entries import find_entry
 
+from .encodings import ROWS, row_settings
+
 #: Encodings of the digits part only (to fit the budget): the segmentation part
-#: runs every other row of ``COMPARED_ENCODINGS``, i.e. the goal's comparisons
+#: runs every other row of ``ROWS``, i.e. the goal's comparisons
 #: (APE, PEG, RoPE mixed, LookHere), every new encoding and the published SaPE²
-#: alone and with APE. A new row of ``COMPARED_ENCODINGS`` runs in both parts.
+#: alone and with APE. A new row of ``ROWS`` runs in both parts.
 DIGITS_ONLY = ('sin-cos', 'RoPE axial', 'CoPE', 'PEG+GAP', 'SaPE2 key')
-SEG_ENCODINGS = tuple(name for name in COMPARED_ENCODINGS if name not in DIGITS_ONLY)
+SEG_ENCODINGS = tuple(name for name in ROWS if name not in DIGITS_ONLY)
 #: (H, W) the segmenter is trained at: the study set's images are tall (height /
 #: width 1.5..2), resized keeping their aspect ratio into this box (mmcv's box is
 #: orientation-free: long side <= 160, short <= 80) they are 120..160 x 80 pixels,
@@ -74,7 +75,7 @@ def seg_config(name: str, seed: int, iters: int, work_dir: str, root: str,
     :func:`prepare_seg_data` returns; default: the one under
     ``<root>/SEG_DATA_ROOT``); ``root`` is the repository root."""
     cfg = Config.fromfile(osp.join(root, SEG_CONFIG))
-    pos_encoding, extra = COMPARED_ENCODINGS[name]
+    pos_encoding, extra = row_settings(name)
     cfg.model.backbone.pos_encoding = copy.deepcopy(pos_encoding)
     cfg.model.backbone.update(extra)
     cfg.model.backbone.img_size = SEG_BASE

@@ -1,0 +1,1 @@
+"""The position-encoding study (see README.md)."""
