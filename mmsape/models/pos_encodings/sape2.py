@@ -1,8 +1,8 @@
 """SaPE²: 2D Semantic-Aware Position Encoding (arXiv 2505.09466), the module.
 
 SaPE² is a content-dependent attention-logit bias, the 2D non-causal form of
-CoPE. Every choice the paper leaves open follows the project's method reference
-(``position-encodings.md``, sections 1 and 1b). Per layer, head and axis (x
+CoPE. Every choice the paper leaves open follows ``docs/method.md#8-sape-published``
+and ``docs/method.md#9-sape-query-relative``. Per layer, head and axis (x
 shown; y swaps rows and columns and has its own table):
 
 1. gates inside a row: ``g_ij = sigmoid(q_i . k_j / sqrt(d))``;
@@ -91,7 +91,7 @@ class SaPE2(AttentionBiasPositionEncoding):
     ``position_tables.layer_<block>``, and former published-form tables of
     ``M+1`` rows (whose last row was never read), load as they are.
 
-    The defaults are the published SaPE² (the reference's decisions); the
+    The defaults are the published SaPE² (``docs/method.md#8-sape-published``); the
     options below ``embed_with`` that say "mmsape's extension" are not in the
     paper.
 

@@ -1,8 +1,8 @@
 """SaPE² math as plain tensor functions (arXiv 2505.09466).
 
 Per layer, head and axis (x shown; y swaps rows and columns and has its own
-table), with the equations of the project's method reference
-(``position-encodings.md``, sections 1 and 1b):
+table), with the equations of ``docs/method.md#8-sape-published`` ((8.1)-(8.5))
+and ``docs/method.md#9-sape-query-relative`` ((9.1)-(9.6)):
 
 1. gates inside a row: ``g_ij = sigmoid(q_i . k_j / sqrt(d))``;
 2. contextual position of column m seen from token i
@@ -10,7 +10,7 @@ table), with the equations of the project's method reference
    to the row's right end, ``p_im = sum_{j in row(i), x_j >= x_m} g_ij``
    (``count_from='row_end'``), or query-relative, the signed gated count
    between the query and m, ``r_i(m) = sign(x_m - x_i) * sum_{j in (x_i, x_m]} g_ij``
-   (``count_from='query'``, section 1b);
+   (``count_from='query'``, eq. (9.1));
 3. read the positions through a table by linear interpolation of the scalars
    at its integer positions, ``z_i[t] = u_i . e[t]`` (``u = q`` or ``k``) or
    per-head scalars ``z[t] = e_h[t]``, giving the SaPE vector

@@ -1,7 +1,7 @@
 """Tests of SaPE² (2D Semantic-Aware Position Encoding).
 
-The reference below is written from the equations of the project's method
-reference (position-encodings.md, section 1) with explicit loops over tokens, in
+The reference below is written from the equations of docs/method.md#8-sape-published
+and docs/method.md#9-sape-query-relative with explicit loops over tokens, in
 float64, and shares no code with the module under test.
 """
 import itertools
@@ -493,7 +493,7 @@ def test_runs_under_cpu_autocast():
     assert torch.isfinite(out).all()
 
 
-# --- 7. query-relative contextual positions (reference section 1b) ---------------------
+# --- 7. query-relative contextual positions (docs/method.md#9-sape-query-relative) ------
 
 
 QUERY_GRIDS = [TokenGrid(2, 4, num_prefix=1), TokenGrid(3, 3, num_prefix=0),
