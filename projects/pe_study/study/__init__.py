@@ -1,24 +1,12 @@
 """The position-encoding study behind ``projects/pe_study/run.py``.
 
-Every encoding of :data:`~projects.pe_study.study.encodings.ROWS` is
-trained with the same small ViT and budget, then tested without fine-tuning at
-1x, 1.5x, 2x and 3x its training size (the extrapolation protocol of CPVT,
-RoPE-ViT and LookHere), on
-
-(a) **segmentation** (:mod:`.segmentation`): the study's generated ADE20K-format
-    set (demo data variant ``'seg_frame_relation'``), whose classes are defined
-    by colour, by the half of the image frame, or by the side of a neighbour, in
-    the same images, through the real mmseg machinery (the demo UPerNet config
-    at half resolution); per-class IoU grouped by what defines the class, and
-    the backbone's equivariance;
-(b) **digits** (:mod:`.digits`): scikit-learn's bundled 8x8 handwritten digits
-    (real data, 1797 images), upscaled to 16x16 on a 24x24 canvas, trained with
-    a plain PyTorch loop on :class:`~mmsape.models.PosEncViT` with the digits
-    centred or randomly shifted; tested resized and padded to other sizes, on
-    shifted digits, and for per-block translation equivariance.
-
-:mod:`.jobs` fixes the protocol (seeds, epochs, iterations) and runs every
-training as its own job on single-thread worker processes; :mod:`.report`
-writes the markdown report, its findings and the verdict on issue 12's goal
-from the JSON results.
+Every row of :data:`~projects.pe_study.study.encodings.ROWS` (a position
+encoding, or a stack of them, read from config files) trains the same small ViT
+segmenter on the study's generated set (:mod:`.dataset`: classes defined by
+colour, by the image frame, by a neighbour and by a distant twin), paired by
+seed, and is measured without fine-tuning at 1x..3x its training size (padded
+and resized), under translation and on distant twins (:mod:`.segmentation`).
+:mod:`.jobs` fixes the protocol and runs every training as its own job on
+single-thread worker processes; :mod:`.stats` makes the paired comparisons;
+:mod:`.report` writes the markdown report, the power table and the verdicts.
 """

@@ -15,29 +15,39 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__
 LIBRARY_DIR = osp.join(REPO_ROOT, 'configs', '_base_', 'pos_encodings')
 STUDY_DIR = osp.join(REPO_ROOT, 'projects', 'pe_study', 'configs', 'pos_encodings')
 
-#: Row name -> (config files, extra ``PosEncViT`` options). The order is the order
-#: of the report's tables.
+#: Row name -> (config files, extra ``PosEncViT`` options). The order is the
+#: order of the report's tables.
 ROWS: Dict[str, Tuple[Tuple[str, ...], dict]] = {
+    # The baselines the study's goal names, then the reference without position.
+    'PEG': (('peg', ), {}),
     'APE': (('ape', ), {}),
-    'sin-cos': (('sincos', ), {}),
-    'RoPE axial': (('rope_axial', ), {}),
     'RoPE mixed': (('rope', ), {}),
     'RoPE normalised': (('rope_normalized', ), {}),
     'LookHere': (('lookhere', ), {}),
-    'CoPE': (('cope', ), {}),
-    'PEG': (('peg', ), {}),
-    'PEG+GAP': (('peg', ), dict(with_cls_token=False, out_type='avg_featmap')),
-    'SaPE2 query': (('sape2', ), {}),
-    'SaPE2 key': (('sape2_key', ), {}),
-    'SaPE2+APE': (('sape2_ape_authors', ), {}),
+    'PaPE': (('pape', ), {}),
+    'none': (('none', ), {}),
+    # SaPE² as published, and mmsape's query-relative forms.
+    'SaPE2 published': (('sape2', ), {}),
     'SaPE2 qrel lookup': (('sape2_qrel_lookup', ), {}),
     'SaPE2 qrel distance': (('sape2_qrel_distance', ), {}),
-    'SaPE2 qrel lookup+APE': (('ape', 'sape2_qrel_lookup'), {}),
-    'SaPE2 qrel distance+APE': (('ape', 'sape2_qrel_distance'), {}),
     'SaPE2 qrel lookup+PEG': (('sape2_qrel_lookup', 'peg'), {}),
     'SaPE2 qrel distance+PEG': (('sape2_qrel_distance', 'peg'), {}),
-    'none': (('none', ), {}),
+    # The design sweep: the other forms (projects/pe_study/configs/pos_encodings/).
+    'SaPE2 row-end lookup': (('sape2_row_end_lookup', ), {}),
+    'SaPE2 qrel lookup, head scalars': (('sape2_qrel_head_scalars', ), {}),
+    'SaPE2 qrel lookup, head scalars+PEG': (('sape2_qrel_head_scalars', 'peg'), {}),
+    'SaPE2 qrel lookup, sharp gates': (('sape2_qrel_sharp_gates', ), {}),
+    'SaPE2 qrel parabola': (('sape2_qrel_parabola', ), {}),
+    'SaPE2 qrel parabola+PEG': (('sape2_qrel_parabola', 'peg'), {}),
 }
+#: The rows every decision is about (paired differences to PEG, the goal).
+DECISION_ROWS = tuple(list(ROWS)[:12])
+#: The SaPE² forms of the design sweep (same protocol and seeds).
+SWEEP_ROWS = tuple(list(ROWS)[12:])
+#: The baselines the goal names: a SaPE² form must beat every one of them.
+GOAL_BASELINES = ('PEG', 'APE', 'RoPE mixed', 'RoPE normalised', 'LookHere', 'PaPE')
+#: The reference of the power table: every decision row's paired difference to it.
+REFERENCE_ROW = 'PEG'
 
 
 def config_path(name: str) -> str:

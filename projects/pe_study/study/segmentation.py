@@ -1,140 +1,380 @@
-"""The study's segmentation part: the demo UPerNet trained through the real
-mmseg machinery with each encoding on the study's segmentation set (the demo
-data variant ``'seg_frame_relation'``: classes defined by colour, by the image
-frame and by a neighbour), then evaluated at 1x..3x its training size
-(:func:`~mmsape.analysis.resolution.evaluate_at_sizes`, per-class IoU) and
-scored for equivariance (see :mod:`projects.pe_study.study`)."""
+"""The study's segmentation part: one segmenter per (row, seed), trained through
+mmseg's own machinery (MMEngine's Runner) on the study's set
+(:mod:`.dataset`), then measured without fine-tuning:
+
+* **extrapolation**: mIoU and per-class IoU on larger canvases with more objects
+  at the training scale (``pad``: the grid grows, the content scale does not), on
+  the 1x images scaled up (``resize``: grid and content grow together), and on
+  one non-square canvas;
+* **translation equivariance**: how many pixels keep their predicted class when
+  the input is rolled (:func:`translation_agreement`);
+* **distant similar patches**: the attention mass that the patches of an object
+  send to the patches of its distant twin, against an object of another
+  identity at a similar distance (:func:`twin_attention`).
+
+Rows are *paired* by seed: every row of a seed starts from the same weights for
+everything but its position encoding (:func:`shared_init_checkpoint`, loaded by
+the Runner as ``load_from``) and trains on the same batches in the same order
+with the same flips (the sampler's seed, :class:`~.hooks.PairedDataSeedHook`).
+"""
 import copy
+import json
+import math
+import os
 import os.path as osp
 import time
-from typing import Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from PIL import Image, ImageDraw
 
-from mmsape.analysis.equivariance import score_model
-from mmsape.analysis.resolution import describe_size, evaluate_at_sizes
-from mmsape.testing.demo_data import (
-    FRAME_RELATION_SEG_CLASSES,
-    FRAME_RELATION_SEG_GROUPS,
-    FRAME_RELATION_SEG_PALETTE,
-    ensure_demo_data,
-    read_demo_manifest,
+from . import hooks  # noqa: F401  (registers PairedDataSeedHook, which seg_config adds)
+from .dataset import CLASSES, PALETTE, TRAIN_CANVAS, EvalSet, generate
+from .encodings import REPO_ROOT, row_settings
+
+#: The segmenter, relative to the repository root.
+SEG_CONFIG = 'projects/pe_study/configs/fcn_vit-96d4-p8_1xb8_pe-study-96x96.py'
+#: The padded evaluation sets (the 1x set also serves the resized evaluation and
+#: the translation and attention measurements): about the same number of objects
+#: in each.
+PAD_SETS = (
+    EvalSet('val_pad_1x', (96, 96), 100),
+    EvalSet('val_pad_1.5x', (144, 144), 45),
+    EvalSet('val_pad_2x', (192, 192), 25),
+    EvalSet('val_pad_3x', (288, 288), 12),
+    EvalSet('val_pad_1x2', (96, 192), 50),
 )
-from mmsape.utils.config_entries import find_entry
-
-from .encodings import ROWS, row_settings
-
-#: Encodings of the digits part only (to fit the budget): the segmentation part
-#: runs every other row of ``ROWS``, i.e. the goal's comparisons
-#: (APE, PEG, RoPE mixed, LookHere), every new encoding and the published SaPE²
-#: alone and with APE. A new row of ``ROWS`` runs in both parts.
-DIGITS_ONLY = ('sin-cos', 'RoPE axial', 'CoPE', 'PEG+GAP', 'SaPE2 key')
-SEG_ENCODINGS = tuple(name for name in ROWS if name not in DIGITS_ONLY)
-#: (H, W) the segmenter is trained at: the study set's images are tall (height /
-#: width 1.5..2), resized keeping their aspect ratio into this box (mmcv's box is
-#: orientation-free: long side <= 160, short <= 80) they are 120..160 x 80 pixels,
-#: and the APE table is this grid (20 x 10 patches).
-SEG_BASE = (160, 80)
-#: The extrapolation protocol: each validation image at 1x, 1.5x, 2x and 3x its
-#: training size (its aspect ratio kept, like the training resize).
-SEG_SCALES = (1.0, 1.5, 2.0, 3.0)
-#: The demo config, relative to the repository root.
-SEG_CONFIG = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
-#: The study's segmentation set: demo data variant, where it is generated
-#: (relative to the repository root) and the folder the configs read in it.
-SEG_DATA_VARIANT = 'seg_frame_relation'
-SEG_DATA_ROOT = 'data/pe_study'
-SEG_DATA_FOLDER = 'ade_frame_relation/ADEChallengeData2016'
-SEG_CLASSES = FRAME_RELATION_SEG_CLASSES
-SEG_CLASS_GROUPS = FRAME_RELATION_SEG_GROUPS
+#: Scales of the resized evaluation (each 1x validation image scaled up).
+RESIZE_SCALES = (1.5, 2.0, 3.0)
+#: Shifts (dy, dx) in pixels of the translation measurement: one patch
+#: diagonally, half a patch horizontally.
+TRANSLATION_SHIFTS = ((8, 8), (0, 4))
 
 
-def seg_sizes(quick: bool = False) -> list:
-    """The evaluation boxes ``height``, ``width``, ``scale``, ``aspect``."""
-    scales = SEG_SCALES[:2] if quick else SEG_SCALES
-    return [describe_size(round(SEG_BASE[0] * s), round(SEG_BASE[1] * s), SEG_BASE)
-            for s in scales]
+def evaluations(num_resized: int, quick: bool = False) -> List[dict]:
+    """Every evaluation of a trained model: ``mode`` (``'pad'`` / ``'resize'``),
+    ``scale``, ``aspect``, the image ``folder``, the ``size`` it is tested at
+    (None: as stored) and how many images (None: all)."""
+    rows = [dict(mode='pad', scale=round(s.scale, 3), aspect=round(s.aspect, 3),
+                 folder=s.name, size=None, num_images=None) for s in pad_sets(quick)]
+    base = pad_sets(quick)[0]
+    for scale in RESIZE_SCALES[:1] if quick else RESIZE_SCALES:
+        size = (round(base.canvas[0] * scale), round(base.canvas[1] * scale))
+        rows.append(dict(mode='resize', scale=scale, aspect=1.0, folder=base.name, size=size,
+                         num_images=num_resized))
+    return rows
 
 
-def prepare_seg_data(data_root: str, num_train: int, num_val: int) -> Tuple[str, dict]:
-    """Generate the study's segmentation set under ``data_root`` unless up to
-    date. Returns the folder the configs read (``<data_root>/SEG_DATA_FOLDER``)
-    and the set's statistics from its manifest (per split and class: regions and
-    their share centred in the upper half of the image)."""
-    ensure_demo_data(data_root, seed=0, num_train=num_train, num_val=num_val,
-                     variant=SEG_DATA_VARIANT)
-    task = read_demo_manifest(data_root, SEG_DATA_VARIANT)['tasks'][SEG_DATA_FOLDER.split('/')[0]]
-    stats = {key: task[key] for key in ('num_shapes', 'upper_half_share')}
-    return osp.join(data_root, SEG_DATA_FOLDER), stats
+def pad_sets(quick: bool = False) -> Tuple[EvalSet, ...]:
+    """:data:`PAD_SETS`; with ``quick``, a few images of the 1x, 2x and non-square ones."""
+    if not quick:
+        return PAD_SETS
+    return tuple(EvalSet(s.name, s.canvas, 2) for s in PAD_SETS if s.name in (
+        'val_pad_1x', 'val_pad_2x', 'val_pad_1x2'))
 
 
-def seg_config(name: str, seed: int, iters: int, work_dir: str, root: str,
-               data_root: str = '') -> Config:
-    """The demo config with encoding ``name``, trained at :data:`SEG_BASE` for
-    ``iters`` iterations on the study's set in ``data_root`` (the folder
-    :func:`prepare_seg_data` returns; default: the one under
-    ``<root>/SEG_DATA_ROOT``); ``root`` is the repository root."""
-    cfg = Config.fromfile(osp.join(root, SEG_CONFIG))
-    pos_encoding, extra = row_settings(name)
-    cfg.model.backbone.pos_encoding = copy.deepcopy(pos_encoding)
+def prepare_data(data_root: str, num_train: int, quick: bool = False) -> dict:
+    """Generate the study's set under ``data_root`` unless it is up to date;
+    return its manifest (settings and object counts per folder)."""
+    generate(data_root, num_train, pad_sets(quick))
+    with open(osp.join(data_root, 'manifest.json')) as file:
+        return json.load(file)
+
+
+def seg_config(row: str, seed: int, iters: int, work_dir: str, data_root: str,
+               init_checkpoint: Optional[str]) -> Config:
+    """The study's segmenter with ``row``'s position encoding, trained for
+    ``iters`` iterations with ``seed`` on the set in ``data_root``, starting
+    from ``init_checkpoint`` for every weight it shares with the other rows."""
+    cfg = Config.fromfile(osp.join(REPO_ROOT, SEG_CONFIG))
+    pos_encoding, extra = row_settings(row)
+    cfg.model.backbone.pos_encoding = pos_encoding
     cfg.model.backbone.update(extra)
-    cfg.model.backbone.img_size = SEG_BASE
-    cfg.model.decode_head.num_classes = len(SEG_CLASSES)
-    cfg.model.auxiliary_head.num_classes = len(SEG_CLASSES)
-    scale = (SEG_BASE[1], SEG_BASE[0])  # mmcv scale is (long, short) / (w, h)
-    find_entry(cfg.train_dataloader.dataset.pipeline, 'RandomResize').scale = scale
-    find_entry(cfg.val_dataloader.dataset.pipeline, 'Resize').scale = scale
-    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-    cfg.train_cfg.max_iters = iters
-    cfg.train_cfg.val_interval = iters
     warmup = max(1, iters // 10)
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup),
-        dict(type='PolyLR', eta_min=0., power=1.0, begin=warmup, end=iters, by_epoch=False)]
-    cfg.default_hooks.checkpoint = dict(type='mmsape.AtomicCheckpointHook', by_epoch=False,
-                                        interval=iters, max_keep_ckpts=1)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=max(1, iters // 4),
-                                    log_metric_by_epoch=False)
-    cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=False)
-    cfg.custom_hooks = []
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters + 1  # the study evaluates after training
+    cfg.param_scheduler[0].end = warmup
+    cfg.param_scheduler[1].begin, cfg.param_scheduler[1].end = warmup, iters
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.default_hooks.logger.interval = max(1, iters // 4)
+    cfg.train_dataloader.sampler.seed = seed
+    cfg.custom_hooks = list(cfg.custom_hooks) + [
+        dict(type='mmsape.PairedDataSeedHook', seed=seed)]
+    cfg.custom_imports.imports = list(cfg.custom_imports.imports) + [
+        'projects.pe_study.study.hooks']
     cfg.randomness = dict(seed=seed)
+    cfg.load_from = init_checkpoint
     cfg.work_dir = work_dir
     cfg.experiment_name = osp.basename(work_dir)
-    cfg.log_level = 'WARNING'
-    cfg.data_root = data_root or osp.join(root, SEG_DATA_ROOT, SEG_DATA_FOLDER)
-    metainfo = dict(classes=SEG_CLASSES, palette=FRAME_RELATION_SEG_PALETTE)
+    cfg.data_root = data_root
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
-        loader.dataset.data_root = cfg.data_root
-        loader.dataset.metainfo = copy.deepcopy(metainfo)
-    # mmseg's IoU summaries plus each class's IoU (for the class groups).
-    cfg.val_evaluator = cfg.test_evaluator = dict(type='mmsape.PerClassIoUMetric',
-                                                  iou_metrics=['mIoU'])
+        loader.dataset.data_root = data_root
+    cfg.launcher = 'none'
     return cfg
 
 
-def train_seg(name: str, seed: int, iters: int, work_root: str, quick: bool,
-              root: str, data_root: str) -> dict:
-    """Train one encoding on the study's set; return its size sweep (mIoU, aAcc
-    and ``IoU.<class>`` per size) and equivariance scores."""
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The config's segmenter with its initial weights (mmseg scope; the
+    initialisation's log is not printed)."""
+    from mmengine.logging import MMLogger
+    from mmseg.registry import MODELS
+    from mmsape.utils import prepare_scope
+    prepare_scope(cfg)
+    MMLogger.get_instance('pe_study_init', log_level='ERROR')  # the 'current' logger
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model
+
+
+def shared_init_checkpoint(seed: int, path: str) -> str:
+    """Save (unless present) the initial weights every row of ``seed`` starts
+    from: the segmenter without position encoding built and initialised under
+    ``seed``. Each row loads them as ``load_from``: every weight but its
+    encoding's (which have their own initialisation) is then the same."""
+    if not osp.exists(path):
+        cfg = Config.fromfile(osp.join(REPO_ROOT, SEG_CONFIG))
+        cfg.model.backbone.pos_encoding = dict(type='mmsape.NoPositionEncoding')
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        torch.save(dict(state_dict=model.state_dict(), meta=dict(seed=seed)), path + '.tmp')
+        os.replace(path + '.tmp', path)
+    return path
+
+
+def test_loader_cfg(cfg: Config, folder: str, size: Optional[Tuple[int, int]] = None,
+                    num_images: Optional[int] = None) -> dict:
+    """The config's test dataloader on ``images/<folder>``, the images resized to
+    ``size`` (height, width) when given, the first ``num_images`` when given."""
+    loader = copy.deepcopy(cfg.test_dataloader)
+    loader.dataset.data_prefix = dict(img_path=f'images/{folder}',
+                                      seg_map_path=f'annotations/{folder}')
+    if size is not None:
+        loader.dataset.pipeline = [loader.dataset.pipeline[0], dict(
+            type='Resize', scale=(size[1], size[0]), keep_ratio=False)] + list(
+                loader.dataset.pipeline[1:])
+    if num_images is not None:
+        loader.dataset.indices = num_images
+    return loader.to_dict() if hasattr(loader, 'to_dict') else dict(loader)
+
+
+def evaluate(model: torch.nn.Module, cfg: Config, loader_cfg: dict) -> Dict[str, float]:
+    """mIoU, aAcc and ``IoU.<class>`` of ``model`` on one dataloader, with the
+    config's evaluator (mmsape's PerClassIoUMetric on mmseg's IoUMetric)."""
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        loader = Runner.build_dataloader(loader_cfg)
+        evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
+        evaluator.dataset_meta = loader.dataset.metainfo
+        model.eval()
+        with torch.no_grad():
+            for data in loader:
+                evaluator.process(model.test_step(data), data)
+        metrics = evaluator.evaluate(len(loader.dataset))
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
+
+
+def translation_agreement(model: torch.nn.Module, cfg: Config, folder: str,
+                          num_images: int,
+                          shifts: Sequence[Tuple[int, int]] = TRANSLATION_SHIFTS) -> dict:
+    """Percent of pixels whose predicted class is the same when the input image
+    is rolled circularly by ``(dy, dx)`` pixels and the prediction rolled back,
+    for each shift (1x validation images, pixels more than a patch from the
+    border): 100 for an equivariant segmenter (a whole-patch roll of a model
+    without position encoding)."""
+    from mmengine.runner import Runner
+    agree = {shift: [0, 0] for shift in shifts}
+    margin = model.backbone.patch_size
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        loader = Runner.build_dataloader(test_loader_cfg(cfg, folder, num_images=num_images))
+        model.eval()
+        with torch.no_grad():
+            for data in loader:
+                plain = _predictions(model, data)
+                for dy, dx in shifts:
+                    rolled = dict(data, inputs=[torch.roll(x, (dy, dx), dims=(-2, -1))
+                                                for x in data['inputs']])
+                    back = [torch.roll(p, (-dy, -dx), dims=(-2, -1))
+                            for p in _predictions(model, rolled)]
+                    for a, b in zip(plain, back):
+                        # Pixels within a patch of the border are left out: there the
+                        # upsampled logits of the rolled input mix both sides of the
+                        # seam, whatever the encoding.
+                        m = margin
+                        same = a[m:-m, m:-m] == b[m:-m, m:-m]
+                        agree[(dy, dx)][0] += int(same.sum())
+                        agree[(dy, dx)][1] += same.numel()
+    return {f'{dy},{dx}': 100. * same / total for (dy, dx), (same, total) in agree.items()}
+
+
+def _predictions(model: torch.nn.Module, data: dict) -> List[torch.Tensor]:
+    return [sample.pred_sem_seg.data[0] for sample in model.test_step(data)]
+
+
+@contextmanager
+def probed_attention(backbone: torch.nn.Module, probes: torch.Tensor,
+                     record: List[torch.Tensor]) -> Iterator[None]:
+    """While active, every attention layer of ``backbone`` also attends the
+    ``(B, N, P)`` probe values (one column per probe, over all N tokens) with its
+    own weights, whatever kernel computes them, and appends the ``(B, heads, N,
+    P)`` result to ``record``: column p of token i is the attention mass that i
+    gives the tokens where probe p is 1."""
+    encoding = backbone.pos_encoding
+    attention = encoding.attention
+
+    def attend(layer_index, q, k, v, grid, dropout_p=0., **kwargs):
+        out = attention(layer_index, q, k, v, grid, dropout_p=dropout_p, **kwargs)
+        width = probes.shape[-1]
+        values = torch.zeros_like(v)
+        values[..., :width] = probes[:, None].to(v.dtype)
+        record.append(attention(layer_index, q, k, values, grid, dropout_p=0., **kwargs)
+                      [..., :width].float())
+        return out
+
+    encoding.attention = attend
+    try:
+        yield
+    finally:
+        del encoding.attention  # back to the class's method
+
+
+def patch_masks(objects: Sequence[dict], grid_hw: Tuple[int, int], patch: int) -> np.ndarray:
+    """``(num_objects, H, W)`` bool: the patches whose centre lies inside each
+    object's polygon."""
+    height, width = grid_hw
+    masks = np.zeros((len(objects), height, width), bool)
+    for index, obj in enumerate(objects):
+        canvas = Image.new('L', (width * patch, height * patch), 0)
+        ImageDraw.Draw(canvas).polygon([tuple(p) for p in obj['polygon']], fill=1)
+        pixels = np.asarray(canvas)
+        masks[index] = pixels[patch // 2::patch, patch // 2::patch][:height, :width] > 0
+    return masks
+
+
+def twin_pairs(objects: Sequence[dict]) -> List[Tuple[int, int, int]]:
+    """``(a, twin of a, control)`` object indices: for each twin object, its twin
+    and the pastel object of another identity whose distance to it is closest to
+    the twin's (so distance alone does not favour either)."""
+    def identity(obj):
+        return tuple(obj['color']), obj['kind']
+
+    def centre(obj):
+        pts = np.asarray(obj['polygon'])
+        return (pts.min(0) + pts.max(0)) / 2
+
+    pastel = [i for i, o in enumerate(objects) if o['label'] in ('twin', 'single')]
+    triples = []
+    for a in pastel:
+        twins = [b for b in pastel if b != a and identity(objects[b]) == identity(objects[a])]
+        others = [c for c in pastel if identity(objects[c]) != identity(objects[a])]
+        if objects[a]['label'] != 'twin' or not twins or not others:
+            continue
+        b = twins[0]
+        distance = np.linalg.norm(centre(objects[a]) - centre(objects[b]))
+        c = min(others, key=lambda c: abs(np.linalg.norm(centre(objects[a]) -
+                                                         centre(objects[c])) - distance))
+        triples.append((a, b, c))
+    return triples
+
+
+def twin_attention(model: torch.nn.Module, cfg: Config, data_root: str, folder: str,
+                   num_images: int) -> List[dict]:
+    """Per block, the mean (over twin objects, their patches and the heads) of
+    the attention mass an object's patches give its twin's patches (``twin``) and
+    a control object's patches (``control``: another identity at about the same
+    distance, :func:`twin_pairs`)."""
+    from mmengine.runner import Runner
+    with open(osp.join(data_root, 'objects', f'{folder}.json')) as file:
+        objects_of = json.load(file)
+    backbone = model.backbone
+    patch = backbone.patch_size
+    sums: Dict[int, np.ndarray] = {}
+    count = 0
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        loader = Runner.build_dataloader(test_loader_cfg(cfg, folder, num_images=num_images))
+        model.eval()
+        for data in loader:
+            stem = osp.splitext(osp.basename(data['data_samples'][0].img_path))[0]
+            objects = objects_of[stem]
+            triples = twin_pairs(objects)
+            if not triples:
+                continue
+            inputs = model.data_preprocessor(data, False)['inputs']
+            grid_hw = (inputs.shape[-2] // patch, inputs.shape[-1] // patch)
+            masks = torch.from_numpy(patch_masks(objects, grid_hw, patch)).flatten(1)
+            prefix = backbone.num_prefix_tokens
+            # Probes: for each triple, its twin's and its control's patches.
+            probes = torch.zeros(1, prefix + masks.shape[1], 2 * len(triples))
+            for t, (_, b, c) in enumerate(triples):
+                probes[0, prefix:, 2 * t] = masks[b].float()
+                probes[0, prefix:, 2 * t + 1] = masks[c].float()
+            record: List[torch.Tensor] = []
+            with torch.no_grad(), probed_attention(backbone, probes, record):
+                backbone(inputs)
+            for layer, mass in enumerate(record):  # (1, heads, N, 2T)
+                mass = mass[0].mean(0)[prefix:]  # (H*W, 2T), mean over heads
+                values = np.zeros(2)
+                for t, (a, _, _) in enumerate(triples):
+                    rows = masks[a]
+                    values += mass[rows][:, 2 * t:2 * t + 2].mean(0).numpy()
+                sums[layer] = sums.get(layer, 0) + values
+            count += len(triples)
+    return [dict(layer=layer, twin=float(v[0] / count), control=float(v[1] / count))
+            for layer, v in sorted(sums.items())] if count else []
+
+
+def train_seg(row: str, seed: int, protocol, work_root: str, data_root: str,
+              init_checkpoint: Optional[str]) -> dict:
+    """Train ``row`` with ``seed`` and measure it (see the module docstring)."""
     from mmsape.utils import build_runner, prepare_scope
-    slug = name.replace(' ', '_').replace('+', 'p')
+    slug = row.replace(' ', '_').replace('+', 'p')
     work_dir = osp.join(work_root, f'{slug}_s{seed}')
-    cfg = seg_config(name, seed, iters, work_dir, root, data_root)
+    cfg = seg_config(row, seed, protocol.seg_iters, work_dir, data_root, init_checkpoint)
     prepare_scope(cfg)
     start, start_cpu = time.time(), time.process_time()
     runner = build_runner(copy.deepcopy(cfg))
     runner.train()
     train_s, train_cpu_s = time.time() - start, time.process_time() - start_cpu
-    checkpoint = osp.join(work_dir, f'iter_{iters}.pth')
-    metrics = ['mIoU', 'aAcc'] + [f'IoU.{c}' for c in SEG_CLASSES]
-    rows = evaluate_at_sizes(cfg, checkpoint, seg_sizes(quick),
-                             work_dir=osp.join(work_dir, 'sweep'), metrics=metrics,
-                             keep_ratio=True)
     model = runner.model.eval()
-    loader = runner.build_dataloader(cfg.test_dataloader)
-    patch = model.backbone.patch_size
-    equi = score_model(model, loader, [(patch, patch), (2 * patch, 0)], 'circular',
-                       num_images=4 if quick else 8, name=name)
-    return dict(encoding=name, seed=seed, train_s=train_s, train_cpu_s=train_cpu_s,
+    results = []
+    for evaluation in evaluations(protocol.seg_num_resized, protocol.quick):
+        metrics = evaluate(model, cfg, test_loader_cfg(
+            cfg, evaluation['folder'], evaluation['size'], evaluation['num_images']))
+        results.append(dict({k: v for k, v in evaluation.items() if k != 'folder'},
+                            size=list(evaluation['size'] or pad_canvas(evaluation['folder'])),
+                            metrics=metrics))
+    base = pad_sets(protocol.quick)[0].name
+    translation = translation_agreement(model, cfg, base, protocol.seg_num_probe)
+    attention = {}
+    for scale, folder in ((1.0, base), (2.0, 'val_pad_2x')):
+        attention[str(scale)] = twin_attention(model, cfg, data_root, folder,
+                                               protocol.seg_num_probe)
+    return dict(row=row, seed=seed, train_s=train_s, train_cpu_s=train_cpu_s,
                 total_s=time.time() - start, total_cpu_s=time.process_time() - start_cpu,
-                sweep=rows, equivariance=equi)
+                evaluations=results, translation=translation, twin_attention=attention)
+
+
+def pad_canvas(folder: str) -> Tuple[int, int]:
+    """The canvas of a padded evaluation set, by its folder name."""
+    return next(s.canvas for s in PAD_SETS if s.name == folder)
+
+
+def mean_iou(result: dict, mode: str, scale: float, aspect: float = 1.0,
+             metric: str = 'mIoU') -> Optional[float]:
+    """One metric of one evaluation of a result (None if it was not run)."""
+    for evaluation in result['evaluations']:
+        if evaluation['mode'] == mode and math.isclose(evaluation['scale'], scale) and \
+                math.isclose(evaluation['aspect'], aspect):
+            return evaluation['metrics'].get(metric)
+    return None
+
+
+__all__ = ['CLASSES', 'PALETTE', 'TRAIN_CANVAS', 'SEG_CONFIG', 'PAD_SETS', 'RESIZE_SCALES',
+           'evaluations', 'prepare_data', 'seg_config', 'shared_init_checkpoint', 'evaluate',
+           'translation_agreement', 'twin_attention', 'train_seg', 'mean_iou']
