@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .attention_autograd import fake_attention_outputs, register_attention_autograd
+from .attention_autograd import fake_attention_outputs, heads_first, register_attention_autograd
 from .functional import sape_bias
 from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
 from .sape2_attention_triton import MAX_HEAD_DIMS as TRITON_MAX_HEAD_DIMS
@@ -181,8 +181,8 @@ def sape2_attention_python_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
     log-sum-exp of the logits. See :func:`sape2_block_attention`."""
     num_axes = len(query_factors)
     num_tokens = q.shape[-2]
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     out = torch.empty_like(v3)
     lse = q3.new_empty(q3.shape[:-1])
     block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
@@ -214,8 +214,8 @@ def sape2_attention_python_backward(
     """The Python kernel's backward: gradients of q, k, v and of every factor."""
     num_axes = len(query_factors)
     factor_shapes = [f.shape for f in (*query_factors, *key_factors)]
-    q3, k3, v3, out3, grad_out3 = (_heads_first(t) for t in (q, k, v, out, grad_out))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3, out3, grad_out3 = (heads_first(t) for t in (q, k, v, out, grad_out))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     lse2 = lse.reshape(q3.shape[:-1])
     num_heads, num_tokens, head_dims = q3.shape
     # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
@@ -274,11 +274,6 @@ def _(grad_out, q, k, v, out, lse, query_factors, key_factors, floors, root, sig
 
 register_attention_autograd(sape2_attention_python_forward, sape2_attention_python_backward,
                             num_tensor_args=6)
-
-
-def _heads_first(tensor: Tensor) -> Tensor:
-    """``(..., N, C)`` -> ``(B*heads, N, C)``."""
-    return tensor.reshape(-1, *tensor.shape[-2:])
 
 
 def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> List[List[float]]:

@@ -38,7 +38,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .attention_autograd import fake_attention_outputs, register_attention_autograd
+from .attention_autograd import fake_attention_outputs, heads_first, register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
@@ -117,8 +117,8 @@ def sape2_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: 
     """The forward kernel: ``(out, lse)``, ``lse`` the ``(..., N)`` row
     log-sum-exp of the logits. See :func:`sape2_attention_cpu`."""
     num_axes = len(query_factors)
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     out, lse = _loaded_kernel().forward(q3, k3, v3, qf3, kf3, _floor_table(floors, q3, num_axes),
                                         root, sign, q.shape[-1]**-0.5)
     return out.view(v.shape), lse.view(q.shape[:-1])
@@ -137,8 +137,8 @@ def sape2_attention_cpu_backward(
         root: bool, sign: float) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The backward kernel: gradients of q, k, v and of every factor."""
     num_axes = len(query_factors)
-    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3, out3 = (heads_first(t) for t in (q, k, v, out))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     grads = _loaded_kernel().backward(
         grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
         lse.reshape(out3.shape[:-1]).contiguous(), qf3, kf3, _floor_table(floors, q3, num_axes),
@@ -187,11 +187,6 @@ def _loaded_kernel():
     return kernel
 
 
-def _heads_first(tensor: Tensor) -> Tensor:
-    """``(..., N, C)`` -> contiguous ``(B*heads, N, C)``, as the kernel takes them."""
-    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
-
-
 def _floor_table(floors: Optional[Tensor], q3: Tensor, num_axes: int) -> Tensor:
     """``(B*heads, num_axes)`` floors; an empty tensor (unread) for squared distances."""
     if floors is None:
@@ -211,8 +206,8 @@ def sape2_lookup_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, x_vector
     between patch tokens (0 in the rows and columns of the ``num_prefix``
     prefix tokens). Use through :func:`~.lookup_attention.lookup_block_attention`.
     """
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    x3, y3 = (heads_first(t) for t in (x_vectors, y_vectors))
     out, lse = _loaded_kernel().lookup_forward(q3, k3, v3, x3, y3, height, width, num_prefix,
                                                q.shape[-1]**-0.5)
     return out.view(v.shape), lse.view(q.shape[:-1])
@@ -230,8 +225,8 @@ def sape2_lookup_attention_cpu_backward(
         x_vectors: Tensor, y_vectors: Tensor, height: int, width: int,
         num_prefix: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The lookup kernel's backward: gradients of q, k, v and of both SaPE vectors."""
-    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
-    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    q3, k3, v3, out3 = (heads_first(t) for t in (q, k, v, out))
+    x3, y3 = (heads_first(t) for t in (x_vectors, y_vectors))
     grads = _loaded_kernel().lookup_backward(
         grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
         lse.reshape(out3.shape[:-1]).contiguous(), x3, y3, height, width, num_prefix,
