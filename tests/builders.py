@@ -14,11 +14,12 @@ from typing import Optional, Tuple, Union
 
 import mmcv
 import numpy as np
+import pytest
 import torch
 from mmengine.config import Config
 
 from mmsape.models import PosEncViT
-from mmsape.ops.sape2 import rounding_floor
+from mmsape.ops.sape2 import load_cpu_kernel, rounding_floor
 from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,15 @@ def kernel_that_ran(out: torch.Tensor) -> str:
     name = out.grad_fn.name()
     assert name.startswith(prefix) and name.endswith(suffix), name
     return name[len(prefix):-len(suffix)]
+
+
+def require_cpu_kernel():
+    """The compiled SaPE² CPU kernel; the test is skipped where it cannot be built
+    (no C++ compiler). Call it with ``MMSAPE_SAPE2_CPU_KERNEL`` unset or ``1``."""
+    kernel = load_cpu_kernel()
+    if kernel is None:
+        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
+    return kernel
 
 
 def load_tool(name: str) -> ModuleType:

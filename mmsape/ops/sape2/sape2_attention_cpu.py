@@ -24,8 +24,8 @@ The operators have fake implementations and autograd (:mod:`.attention_autograd`
 ``torch.compile`` traces them as single nodes, without a graph break, and
 ``torch.export`` records one op. Use the kernels through
 :func:`~.block_attention.sape2_block_attention` and
-:func:`~.lookup_attention.lookup_block_attention`, which pick the kernel for
-the inputs' device and dtype.
+:func:`~.lookup_attention.lookup_block_attention`, whose kernel
+:func:`~.dispatch.choose_sape2_kernel` picks.
 """
 import logging
 import os
@@ -168,7 +168,7 @@ def sape2_attention_cpu(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence
     Float32 CPU tensors; the arguments mean what they mean for
     :func:`~.block_attention.sape2_block_attention`, whose ``symmetric``
     factors this kernel needs. Differentiable (not twice). Use through that
-    function, which checks the inputs and picks the kernel.
+    function, which checks the inputs and asks for the kernel.
 
     Returns:
         Tensor: ``(..., N, dv)``.
@@ -243,13 +243,6 @@ register_attention_autograd(sape2_lookup_attention_cpu_forward,
                             sape2_lookup_attention_cpu_backward, num_tensor_args=5)
 
 
-def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`~.block_attention.sape2_block_attention` runs (symmetric)
-    inputs of this device and dtype through the compiled CPU kernel."""
-    return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
-
-
 __all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
            'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward',
-           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward',
-           'uses_cpu_kernel']
+           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward']
