@@ -51,6 +51,8 @@ from .functional import (
 from .lookup_attention import LOOKUP_KERNELS, flex_lookup_attention, lookup_block_attention
 from .sape2_attention_cpu import (
     CPU_KERNEL_ENV,
+    REQUIRE_COMPILED_KERNELS_ENV,
+    compiled_kernels_required,
     load_cpu_kernel,
     sape2_attention_cpu_backward,
     sape2_attention_cpu_forward,
@@ -67,7 +69,8 @@ __all__ = [
     'sape2_attention_python_forward', 'sape2_attention_python_backward', 'sape2_block_attention',
     'FROM_PROCESS', 'KERNEL_PATHS', 'PROCESS_ENVIRONMENT', 'TRITON_ENV', 'KernelChoice',
     'KernelEnvironment', 'choose_sape2_kernel', 'LOOKUP_KERNELS', 'lookup_block_attention',
-    'flex_lookup_attention', 'CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu_forward',
+    'flex_lookup_attention', 'CPU_KERNEL_ENV', 'REQUIRE_COMPILED_KERNELS_ENV',
+    'compiled_kernels_required', 'load_cpu_kernel', 'sape2_attention_cpu_forward',
     'sape2_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward',
     'sape2_lookup_attention_cpu_backward'
 ]

@@ -18,7 +18,8 @@ The extension is built with the PyTorch C++ extension tool the first time it
 is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``). Set
 ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning says
 why and the Python kernel of :mod:`.block_attention` runs instead, with the
-same results.
+same results. ``MMSAPE_REQUIRE_COMPILED_KERNELS=1`` (CI sets it) makes a
+failed build an error instead.
 
 The operators have fake implementations and autograd (:mod:`.attention_autograd`):
 ``torch.compile`` traces them as single nodes, without a graph break, and
@@ -42,11 +43,17 @@ from .attention_autograd import fake_attention_outputs, heads_first, register_at
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
+#: Environment variable: ``1`` makes a failed build of the compiled kernels an
+#: error rather than a warning and a fallback (for CI, where the tests that
+#: compare kernels must not pass by skipping the compiled ones).
+REQUIRE_COMPILED_KERNELS_ENV = 'MMSAPE_REQUIRE_COMPILED_KERNELS'
 _CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
 _CPU_KERNEL_SOURCES = [osp.join(_CSRC, name) for name in (
     'pybind.cpp', 'sape2_attention_cpu.cpp', 'sape2_lookup_attention_cpu.cpp')]
 # The loaded extension, False once loading failed, None before the first try.
 _cpu_kernel = None
+# Why the build failed, once it has.
+_build_failure = ''
 
 # Compiler flags matching PyTorch's own vectorised CPU code paths
 # (``at::vec::Vectorized`` picks its implementation from these macros).
@@ -62,9 +69,14 @@ def load_cpu_kernel():
 
     Unavailable when ``MMSAPE_SAPE2_CPU_KERNEL=0`` or when the build fails (no
     C++ compiler, for one); the failure is reported once as a warning and the
-    Python kernel takes over, with the same results.
+    Python kernel takes over, with the same results. With
+    ``MMSAPE_REQUIRE_COMPILED_KERNELS=1`` a failed build raises instead, on
+    every call.
+
+    Raises:
+        RuntimeError: The build failed and ``MMSAPE_REQUIRE_COMPILED_KERNELS=1``.
     """
-    global _cpu_kernel
+    global _cpu_kernel, _build_failure
     if os.environ.get(CPU_KERNEL_ENV, '1') == '0':
         return None
     if _cpu_kernel is None:
@@ -80,12 +92,25 @@ def load_cpu_kernel():
                 verbose=False)
         except Exception as error:  # a missing compiler raises several kinds
             _cpu_kernel = False
-            warnings.warn(
-                f'The compiled SaPE² CPU kernel could not be built ({type(error).__name__}: '
-                f'{error}); the Python kernel runs instead (same results, about 1.5x '
-                f'slower). Install a C++ compiler and ninja to get it, or set '
-                f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
+            _build_failure = (f'The compiled SaPE² CPU kernel could not be built from '
+                              f'{_CSRC} ({type(error).__name__}: {error})')
+            if not compiled_kernels_required():
+                warnings.warn(
+                    f'{_build_failure}; the Python kernel runs instead (same results, about '
+                    f'1.5x slower). Install a C++ compiler and ninja to get it, or set '
+                    f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
+    if _cpu_kernel is False and compiled_kernels_required():
+        raise RuntimeError(
+            f'{_build_failure}. {REQUIRE_COMPILED_KERNELS_ENV}=1 makes this an error: install '
+            f'a C++ compiler and ninja (and check TORCH_EXTENSIONS_DIR is writable), or unset '
+            f'{REQUIRE_COMPILED_KERNELS_ENV} to let the Python kernel run instead.')
     return _cpu_kernel or None
+
+
+def compiled_kernels_required() -> bool:
+    """Whether ``MMSAPE_REQUIRE_COMPILED_KERNELS=1``: the compiled kernels must
+    build (failures are errors, and tests of them fail instead of skipping)."""
+    return os.environ.get(REQUIRE_COMPILED_KERNELS_ENV, '0') == '1'
 
 
 def _import_extension_loader():
@@ -243,6 +268,7 @@ register_attention_autograd(sape2_lookup_attention_cpu_forward,
                             sape2_lookup_attention_cpu_backward, num_tensor_args=5)
 
 
-__all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
-           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward',
-           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward']
+__all__ = ['CPU_KERNEL_ENV', 'REQUIRE_COMPILED_KERNELS_ENV', 'compiled_kernels_required',
+           'load_cpu_kernel', 'sape2_attention_cpu', 'sape2_attention_cpu_backward',
+           'sape2_attention_cpu_forward', 'sape2_lookup_attention_cpu_backward',
+           'sape2_lookup_attention_cpu_forward']
