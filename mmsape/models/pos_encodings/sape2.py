@@ -477,8 +477,7 @@ class SaPE2(AttentionBiasPositionEncoding):
         """Keep the choice for :meth:`extra_repr` and log each new one once.
 
         Skipped while ``torch.compile`` traces (a side effect there would break
-        the graph); the eager runs and the first compiled call's eager
-        reference record it.
+        the graph): only eager calls record and log their choice.
         """
         if torch.compiler.is_compiling():
             return
