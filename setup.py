@@ -65,9 +65,9 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmsape', 'mmsape.*']),
     package_data={'mmsape': [
-        # C++ sources built on first use by torch.utils.cpp_extension (see
-        # mmsape/ops/sape2/sape2_attention_cpu.py)
-        'ops/sape2/csrc/*.cpp',
+        # C++ sources and the header they include, built on first use by
+        # torch.utils.cpp_extension (see mmsape/ops/sape2/sape2_attention_cpu.py)
+        'ops/sape2/csrc/*.cpp', 'ops/sape2/csrc/*.h',
         # for mim (see add_mim_extension)
         '.mim/configs/**/*.py', '.mim/tools/**/*.py', '.mim/tools/**/*.sh',
     ]},

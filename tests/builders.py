@@ -6,6 +6,7 @@ other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
 import this module as ``builders``.
 """
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Optional, Tuple, Union
 
 import mmcv
 import numpy as np
+import pytest
 import torch
 from mmengine.config import Config
 
 from mmsape.models import PosEncViT
-from mmsape.ops.sape2 import rounding_floor
+from mmsape.ops.sape2 import compiled_kernels_required, load_cpu_kernel, rounding_floor
 from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,52 @@ def kernel_that_ran(out: torch.Tensor) -> str:
     name = out.grad_fn.name()
     assert name.startswith(prefix) and name.endswith(suffix), name
     return name[len(prefix):-len(suffix)]
+
+
+def require_cpu_kernel():
+    """The compiled SaPE² CPU kernel; the test is skipped where it cannot be built
+    (no C++ compiler), and fails instead with ``MMSAPE_REQUIRE_COMPILED_KERNELS=1``
+    (CI), so that the tests comparing kernels never pass by skipping them.
+    Call it with ``MMSAPE_SAPE2_CPU_KERNEL`` unset or ``1``."""
+    kernel = load_cpu_kernel()  # raises with the switch set, if the build failed
+    if kernel is None:
+        message = 'the compiled SaPE2 CPU kernel is not available here'
+        if compiled_kernels_required():
+            pytest.fail(f'{message}, and MMSAPE_REQUIRE_COMPILED_KERNELS=1 requires it')
+        pytest.skip(message)
+    return kernel
+
+
+def copy_checkout(destination: Path, untracked: bool = False) -> Path:
+    """The repository's git-tracked files (and, if ``untracked``, the untracked
+    ones git does not ignore) as they are in the working tree, copied to
+    ``destination``: what a clean checkout of the working tree holds."""
+    command = ['git', 'ls-files', '-z'] + (['-co', '--exclude-standard'] if untracked else [])
+    names = subprocess.run(command, cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split('\0')
+    for name in filter(None, names):
+        if (ROOT / name).is_file():  # a tracked file deleted in the working tree is not
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    return destination
+
+
+def build_wheel(source: Path, dist: Path) -> Path:
+    """The wheel of the checkout at ``source`` (no dependencies, no build
+    isolation: the environment's setuptools), written to ``dist``."""
+    subprocess.run([sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q', 'wheel',
+                    '--no-deps', '--no-build-isolation', '--no-index', '-w', str(dist),
+                    str(source)], check=True, capture_output=True)
+    wheel, = dist.glob('mmsape-*.whl')
+    return wheel
+
+
+def install_wheel(wheel: Path, site: Path) -> Path:
+    """``wheel`` installed into the folder ``site`` (to put on PYTHONPATH)."""
+    subprocess.run([sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q',
+                    'install', '--no-deps', '--no-index', '--target', str(site), str(wheel)],
+                   check=True, capture_output=True)
+    return site
 
 
 def load_tool(name: str) -> ModuleType:

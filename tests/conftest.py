@@ -11,9 +11,15 @@ import torch
 def pytest_sessionstart(session):
     # Build (or load from the cache) the compiled SaPE² CPU kernel once, before
     # any test starts subprocesses that would otherwise race to build it. A
-    # failed build only warns: the Python kernel then runs everywhere.
+    # failed build only warns (the Python kernel then runs everywhere, and the
+    # tests of the compiled kernel skip), unless MMSAPE_REQUIRE_COMPILED_KERNELS=1
+    # (CI): then no test runs.
     from mmsape.ops.sape2 import load_cpu_kernel
-    load_cpu_kernel()
+    try:
+        load_cpu_kernel()
+    except RuntimeError as error:  # raised only when the kernel is required
+        pytest.exit(f'The test session needs the compiled SaPE² CPU kernel: {error}',
+                    returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope='module')

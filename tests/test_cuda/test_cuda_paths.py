@@ -91,6 +91,7 @@ def test_sape2_auto_takes_triton_and_matches_dense(side, distance):
     assert sape.resolve_impl(grid, q) == 'chunked'
     out = sape.attention(0, q, k, v, grid)
     assert kernel_that_ran(out) == 'sape2_attention_triton'
+    assert sape.last_kernel.kernel == 'triton'  # what the user is shown
     cotangent = torch.randn(out.shape, device='cuda',
                             generator=torch.Generator('cuda').manual_seed(2))
     leaves = [q, k, v, *sape.parameters()]

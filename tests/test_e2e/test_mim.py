@@ -5,14 +5,13 @@ editable install."""
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from builders import ROOT, short_run
+from builders import ROOT, build_wheel, copy_checkout, install_wheel, short_run
 
 pytestmark = pytest.mark.e2e
 
@@ -23,28 +22,15 @@ CONFIG = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
 def source_copy(tmp_path_factory) -> Path:
     """The working tree's files (tracked, and untracked unless ignored) in a
     fresh folder: builds write into the source tree."""
-    names = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split('\0')
-    copy = tmp_path_factory.mktemp('source')
-    for name in filter(None, names):
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    return copy
+    return copy_checkout(tmp_path_factory.mktemp('source'), untracked=True)
 
 
 @pytest.fixture(scope='module')
 def wheel_install(source_copy, tmp_path_factory) -> Path:
     """mmsape installed from a wheel built out of the working tree, in a folder
     to put on PYTHONPATH."""
-    dist, site = tmp_path_factory.mktemp('dist'), tmp_path_factory.mktemp('site')
-    pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q']
-    subprocess.run([*pip, 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w',
-                    str(dist), str(source_copy)], check=True, capture_output=True)
-    wheel, = dist.glob('mmsape-*.whl')
-    subprocess.run([*pip, 'install', '--no-deps', '--no-index', '--target', str(site),
-                    str(wheel)], check=True, capture_output=True)
-    return site
+    wheel = build_wheel(source_copy, tmp_path_factory.mktemp('dist'))
+    return install_wheel(wheel, tmp_path_factory.mktemp('site'))
 
 
 def test_a_wheel_carries_copies_of_the_configs_and_tools(wheel_install):

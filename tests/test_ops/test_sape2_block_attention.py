@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmsape.models.pos_encodings.base import TokenGrid
 from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
+    REQUIRE_COMPILED_KERNELS_ENV,
     load_cpu_kernel,
     rounding_floor,
     safe_sqrt,
@@ -21,7 +22,7 @@ from mmsape.ops.sape2 import (
     squared_distance_factors,
 )
 
-from builders import kernel_factors, kernel_that_ran
+from builders import kernel_factors, kernel_that_ran, require_cpu_kernel
 
 HEADS = 2
 HEAD_DIMS = 8
@@ -137,13 +138,13 @@ def test_block_kernel_zero_distances_give_zero_factor_gradients():
 
 @pytest.fixture(params=['compiled', 'python'])
 def float32_kernel(request, monkeypatch):
-    """Which kernel float32 CPU inputs take; 'compiled' is skipped where it cannot be built."""
+    """Which kernel float32 CPU inputs take; 'compiled' is skipped where it cannot be
+    built (failed with MMSAPE_REQUIRE_COMPILED_KERNELS=1)."""
     if request.param == 'python':
         monkeypatch.setenv(CPU_KERNEL_ENV, '0')
         return PYTHON_KERNEL
     monkeypatch.setenv(CPU_KERNEL_ENV, '1')
-    if load_cpu_kernel() is None:
-        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
+    require_cpu_kernel()
     return COMPILED_KERNEL
 
 
@@ -217,7 +218,9 @@ def test_compiled_kernel_build_failure_warns_and_falls_back(monkeypatch):
         raise RuntimeError('no C++ compiler')
 
     monkeypatch.setenv(CPU_KERNEL_ENV, '1')
+    monkeypatch.delenv(REQUIRE_COMPILED_KERNELS_ENV, raising=False)  # CI sets it
     monkeypatch.setattr(sape2_attention_cpu, '_cpu_kernel', None)
+    monkeypatch.setattr(sape2_attention_cpu, '_build_failure', '')
     monkeypatch.setattr(cpp_extension, 'load', no_compiler)
     grid = TokenGrid(3, 4, num_prefix=1)
     inputs = kernel_inputs(grid, dtype=torch.float32)
@@ -225,6 +228,31 @@ def test_compiled_kernel_build_failure_warns_and_falls_back(monkeypatch):
         out = run_kernel(*inputs, root=True, sign=1., block_size=4)
     assert kernel_that_ran(out) == PYTHON_KERNEL
     assert load_cpu_kernel() is None  # tried once, not again on every call
+
+
+def test_compiled_kernel_build_failure_is_an_error_when_required(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+    calls = []
+
+    def no_compiler(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError('no C++ compiler')
+
+    monkeypatch.setenv(CPU_KERNEL_ENV, '1')
+    monkeypatch.setenv(REQUIRE_COMPILED_KERNELS_ENV, '1')
+    monkeypatch.setattr(sape2_attention_cpu, '_cpu_kernel', None)
+    monkeypatch.setattr(sape2_attention_cpu, '_build_failure', '')
+    monkeypatch.setattr(cpp_extension, 'load', no_compiler)
+    inputs = kernel_inputs(TokenGrid(3, 4, num_prefix=1), dtype=torch.float32)
+    for _ in range(2):  # every call, not just the one that tried to build
+        with pytest.raises(RuntimeError, match='no C\\+\\+ compiler.*'
+                           'MMSAPE_REQUIRE_COMPILED_KERNELS=1 makes this an error'):
+            run_kernel(*inputs, root=True, sign=1., block_size=4)
+    assert len(calls) == 1
+    # Switched off on purpose, the kernel is not required.
+    monkeypatch.setenv(CPU_KERNEL_ENV, '0')
+    assert kernel_that_ran(run_kernel(*inputs, root=True, sign=1., block_size=4)) == \
+        PYTHON_KERNEL
 
 
 def test_block_kernel_rejects_root_without_floors():

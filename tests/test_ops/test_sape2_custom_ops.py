@@ -13,7 +13,6 @@ from mmsape.models.pos_encodings import SaPE2
 from mmsape.models.pos_encodings.base import TokenGrid
 from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
-    load_cpu_kernel,
     sape2_attention_cpu_backward,
     sape2_attention_cpu_forward,
     sape2_attention_python_backward,
@@ -23,7 +22,7 @@ from mmsape.ops.sape2 import (
     squared_distance_factors,
 )
 
-from builders import kernel_factors
+from builders import kernel_factors, require_cpu_kernel
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -41,8 +40,7 @@ def fresh_dynamo():
 @pytest.fixture
 def compiled_kernel(monkeypatch):
     monkeypatch.setenv(CPU_KERNEL_ENV, '1')
-    if load_cpu_kernel() is None:
-        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
+    require_cpu_kernel()
 
 
 def operator_args(root: bool, dtype=torch.float32, requires_grad=True, batch=2):

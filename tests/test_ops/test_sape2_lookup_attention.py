@@ -14,13 +14,12 @@ from mmsape.ops.sape2 import (
     CPU_KERNEL_ENV,
     flex_lookup_attention,
     fused_squared_distance_qk,
-    load_cpu_kernel,
     lookup_bias,
     lookup_block_attention,
     lookup_factors,
 )
 
-from builders import kernel_that_ran
+from builders import kernel_that_ran, require_cpu_kernel
 
 HEADS = 2
 HEAD_DIMS = 8
@@ -129,8 +128,7 @@ def test_mismatched_grid_raises():
 @pytest.fixture
 def compiled_kernel(monkeypatch):
     monkeypatch.setenv(CPU_KERNEL_ENV, '1')
-    if load_cpu_kernel() is None:
-        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
+    require_cpu_kernel()
 
 
 # Token counts that cross the compiled kernel's 128 x 128 tiles, segments that

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 import pytest
 import torch
 
+from mmsape.ops.sape2 import compiled_kernels_required
 from mmsape.ops.sape2.sape2_attention_triton import (
     MAX_HEAD_DIMS,
     sape2_attention_triton,
@@ -517,7 +518,11 @@ def test_kernels_compile_for_the_gpu(capability, tmp_path, monkeypatch):
 def test_kernels_in_interpreter_process():
     """Run this file with Triton's interpreter on, in a child process."""
     if TRITON_IMPORT_ERROR is not None:
-        pytest.skip(f'Triton is not importable ({TRITON_IMPORT_ERROR})')
+        message = f'Triton is not importable ({TRITON_IMPORT_ERROR})'
+        if compiled_kernels_required():
+            pytest.fail(f'{message}; MMSAPE_REQUIRE_COMPILED_KERNELS=1 requires the Triton '
+                        f'kernels to be tested')
+        pytest.skip(message)
     if INTERPRETED:
         pytest.skip('this process runs the kernel tests itself')
     env = dict(os.environ, TRITON_INTERPRET='1')

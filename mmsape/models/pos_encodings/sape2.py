@@ -28,15 +28,16 @@ shown; y swaps rows and columns and has its own table):
      an axial relative-position bias when the content is uniform.
 
 The equations and kernels are tensor functions in :mod:`mmsape.ops.sape2`; this
-module owns the per-layer tables and chooses how the bias enters attention
-(:meth:`SaPE2.resolve_impl`). Steps 1-3 cost O(N * W) per head and axis. The
-pairwise distance of step 4 is the published method's cost: the paper
-materialises a (B, heads, N, N) bias. Besides that reference (``impl='dense'``)
-this module offers exact paths whose memory is linear in N (``impl='chunked'``,
-FlashAttention-style kernels over tiles), plain fused attention on augmented q
-and k for the biases in matmul form (``impl='fused'``: the squared distance
-and the lookup), and FlexAttention for the lookup (``impl='flex'``). The lookup
-bias is a gather of W + H scalars per query and never needs an N x N tensor.
+module owns the per-layer tables and routes each attention to the path that
+:func:`~mmsape.ops.sape2.choose_sape2_kernel` picks (:meth:`SaPE2.choose_kernel`).
+Steps 1-3 cost O(N * W) per head and axis. The pairwise distance of step 4 is
+the published method's cost: the paper materialises a (B, heads, N, N) bias.
+Besides that reference (``impl='dense'``) this module offers exact paths whose
+memory is linear in N (``impl='chunked'``, FlashAttention-style kernels over
+tiles), plain fused attention on augmented q and k for the biases in matmul
+form (``impl='fused'``: the squared distance and the lookup), and
+FlexAttention for the lookup (``impl='flex'``). The lookup bias is a gather of
+W + H scalars per query and never needs an N x N tensor.
 """
 import math
 import re
@@ -44,11 +45,14 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmsape.ops.sape2 import (
     COUNT_FROM_CHOICES,
+    KernelChoice,
     checkpointed_block_attention,
+    choose_sape2_kernel,
     flex_lookup_attention,
     fused_squared_distance_qk,
     lookup_bias,
@@ -59,18 +63,15 @@ from mmsape.ops.sape2 import (
     sape_bias,
     sape_vectors,
     squared_distance_factors,
-    uses_compiled_kernel,
 )
+from mmsape.ops.sape2.dispatch import BIAS_CHOICES, DISTANCE_CHOICES, IMPL_CHOICES
 from mmsape.registry import POS_ENCODINGS
 
 from .base import AttentionBiasPositionEncoding, TokenGrid
 
 EMBED_WITH_CHOICES = ('query', 'key')
 TABLE_VALUES_CHOICES = ('embeddings', 'head_scalars')
-BIAS_CHOICES = ('distance', 'lookup')
 POSITION_MODE_CHOICES = ('clamp', 'relative')
-DISTANCE_CHOICES = ('l2', 'rms', 'squared')
-IMPL_CHOICES = ('auto', 'dense', 'chunked', 'fused', 'flex')
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -189,7 +190,9 @@ class SaPE2(AttentionBiasPositionEncoding):
               ``'chunked'`` dropout path.
             - ``'auto'``: see :meth:`resolve_impl`.
 
-            Defaults to ``'auto'``.
+            Which kernel ran is visible: the first time an instance takes a
+            path, one log line names it and why, and :meth:`extra_repr` shows
+            the last one (:attr:`last_kernel`). Defaults to ``'auto'``.
         chunk_size (int): Most queries per block of ``impl='chunked'`` (the
             block kernel also caps a block at ``BLOCK_ELEMENTS / N`` queries so
             that its buffers stay in cache), and the token count up to which
@@ -307,6 +310,10 @@ class SaPE2(AttentionBiasPositionEncoding):
         self.distance = distance
         self.impl = impl
         self.chunk_size = chunk_size
+        #: The :class:`~mmsape.ops.sape2.KernelChoice` of the last eager
+        #: attention (None before the first; not updated while compiling).
+        self.last_kernel: Optional[KernelChoice] = None
+        self._logged_kernels = set()
         self.position_tables = nn.ParameterDict({
             str(layer): nn.Parameter(torch.empty(2, *self.table_shape)) for layer in self.layers
         })
@@ -355,7 +362,8 @@ class SaPE2(AttentionBiasPositionEncoding):
     def resolve_impl(self, grid: TokenGrid, q: Optional[Tensor] = None,
                      dropout_p: float = 0.) -> str:
         """The implementation ``impl='auto'`` picks for this grid (and for
-        queries like ``q``, when given, with attention dropout ``dropout_p``).
+        queries like ``q``, when given, with attention dropout ``dropout_p``):
+        the ``impl`` of :meth:`choose_kernel`'s choice.
 
         - Lookup bias: the compiled CPU kernel (``'chunked'``) for float32 on
           CPU; FlexAttention (``'flex'``) on CUDA; otherwise, and with
@@ -364,31 +372,23 @@ class SaPE2(AttentionBiasPositionEncoding):
           the CPU kernel, or the fused Triton kernels on CUDA (where they
           cannot run, one warning); otherwise ``'fused'`` for the squared
           distance, and ``'dense'`` when all N tokens fit in one chunk (the
-          bias is then no larger than one block's) and ``'chunked'`` beyond.
+          bias is then no larger than one block's) and ``'chunked'`` (the
+          Python kernel, or checkpointed SDPA blocks with dropout) beyond.
         """
-        if self.impl != 'auto':
-            return self.impl
-        compiled_kernel = q is not None and dropout_p == 0 and uses_compiled_kernel(
-            q.device, _compute_dtype(q.dtype))
-        if self.bias == 'lookup':
-            if compiled_kernel and q.device.type == 'cpu':
-                # Measured on CPU: about plain SDPA's cost (see
-                # benchmarks/bench_sape2_attention.py); 'fused' widens the head
-                # by W + H.
-                return 'chunked'
-            if q is not None and dropout_p == 0 and q.device.type == 'cuda':
-                # A gather in the score_mod, no wider head (not measured here).
-                return 'flex'
-            return 'fused'
-        if compiled_kernel:
-            # Measured on CPU: faster than 'dense' at every size (2x at 196
-            # tokens) and than SDPA on augmented q/k ('fused'), whose head
-            # dim doubles (1.4x at 1024 tokens). On CUDA: the fused Triton
-            # kernels (where they cannot run, uses_compiled_kernel warns once).
-            return 'chunked'
-        if self.distance == 'squared':
-            return 'fused'
-        return 'dense' if grid.num_tokens <= self.chunk_size else 'chunked'
+        return self.choose_kernel(grid, q, dropout_p).impl
+
+    def choose_kernel(self, grid: TokenGrid, q: Optional[Tensor] = None,
+                      dropout_p: float = 0., v: Optional[Tensor] = None) -> KernelChoice:
+        """The path that computes this encoding's attention for this grid (and
+        for queries and values like ``q`` and ``v``, when given, with attention
+        dropout ``dropout_p``); see :func:`~mmsape.ops.sape2.choose_sape2_kernel`.
+        Without ``q`` it is decided as for a device without compiled kernels."""
+        head_dims = self.head_dims if v is None else max(q.shape[-1], v.shape[-1])
+        return choose_sape2_kernel(
+            bias=self.bias, impl=self.impl, distance=self.distance,
+            device=None if q is None else q.device,
+            dtype=None if q is None else _compute_dtype(q.dtype), dropout_p=dropout_p,
+            num_tokens=grid.num_tokens, chunk_size=self.chunk_size, head_dims=head_dims)
 
     def layer_vectors(self, layer_index: int, q: Tensor, k: Tensor,
                       grid: TokenGrid) -> Tuple[Tensor, Tensor]:
@@ -456,16 +456,36 @@ class SaPE2(AttentionBiasPositionEncoding):
 
     def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
                           grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
-        impl = self.resolve_impl(grid, q, dropout_p)
-        if impl == 'dense':
+        choice = self.choose_kernel(grid, q, dropout_p, v)
+        self._show_kernel(choice)
+        kernel = choice.kernel
+        if kernel == 'dense':
             return super().encoded_attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
         if self.bias == 'lookup':
             vectors = self.layer_vectors(layer_index, q, k, grid)
-            return self._lookup_attention(impl, q, k, v, vectors, grid, dropout_p)
+            return self._lookup_attention(kernel, q, k, v, vectors, grid, dropout_p)
         query_factors, key_factors = self.distance_factors(layer_index, q, k, grid)
-        if impl == 'chunked':
-            return self._chunked_attention(q, k, v, query_factors, key_factors, dropout_p)
-        return self._fused_attention(q, k, v, query_factors, key_factors, dropout_p)
+        if kernel == 'fused_sdpa':
+            return self._fused_attention(q, k, v, query_factors, key_factors, dropout_p)
+        if kernel == 'checkpointed_sdpa_blocks':
+            return checkpointed_block_attention(q, k, v, query_factors, key_factors,
+                                                self.distance, self._sign, dropout_p,
+                                                self.chunk_size)
+        return self._block_attention(kernel, q, k, v, query_factors, key_factors)
+
+    def _show_kernel(self, choice: KernelChoice) -> None:
+        """Keep the choice for :meth:`extra_repr` and log each new one once.
+
+        Skipped while ``torch.compile`` traces (a side effect there would break
+        the graph): only eager calls record and log their choice.
+        """
+        if torch.compiler.is_compiling():
+            return
+        self.last_kernel = choice
+        if choice not in self._logged_kernels:
+            self._logged_kernels.add(choice)
+            print_log(f'SaPE2 attention (impl={self.impl!r} -> {choice.impl!r}) runs {choice}',
+                      logger='current')
 
     def _check_layer_and_grid(self, layer_index: int, q: Tensor, grid: TokenGrid) -> None:
         if layer_index not in self.layers:
@@ -476,34 +496,34 @@ class SaPE2(AttentionBiasPositionEncoding):
                              f'{grid.width} with {grid.num_prefix} prefix tokens has '
                              f'{grid.num_tokens}.')
 
-    def _lookup_attention(self, impl: str, q: Tensor, k: Tensor, v: Tensor,
+    def _lookup_attention(self, kernel: str, q: Tensor, k: Tensor, v: Tensor,
                           vectors: Tuple[Tensor, Tensor], grid: TokenGrid,
                           dropout_p: float) -> Tensor:
         layout = (grid.height, grid.width, grid.num_prefix)
-        if impl in ('chunked', 'flex') and dropout_p == 0:
-            attend = lookup_block_attention if impl == 'chunked' else flex_lookup_attention
-            dtype = vectors[0].dtype if impl == 'chunked' else q.dtype
+        if kernel == 'flex':
             with torch.autocast(device_type=q.device.type, enabled=False):
-                out = attend(q.to(dtype), k.to(dtype), v.to(dtype), *vectors, *layout)
+                out = flex_lookup_attention(q, k, v, *vectors, *layout)
+            return out.to(v.dtype)
+        if kernel in ('cpu_lookup', 'triton', 'python_blocks'):
+            # The kernels attend in the vectors' dtype (float32 for half q, k, v).
+            dtype = vectors[0].dtype
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                out = lookup_block_attention(q.to(dtype), k.to(dtype), v.to(dtype), *vectors,
+                                             *layout, kernel=kernel)
             return out.to(v.dtype)
         with torch.autocast(device_type=q.device.type, enabled=False):
             query_factors, key_factors = lookup_factors(*vectors, *layout)
-        if impl == 'fused':
+        if kernel == 'fused_sdpa':
             return self._fused_attention(q, k, v, [query_factors], [key_factors], dropout_p)
         # The block kernels have no dropout: the checkpointed path, where the
         # lookup factors' product is their "squared" bias.
         return checkpointed_block_attention(q, k, v, [query_factors], [key_factors],
                                             'squared', 1., dropout_p, self.chunk_size)
 
-    def _chunked_attention(self, q: Tensor, k: Tensor, v: Tensor,
-                           query_factors: List[Tensor], key_factors: List[Tensor],
-                           dropout_p: float) -> Tensor:
-        if dropout_p > 0:
-            # The block kernels have no dropout; training with attention dropout
-            # takes the checkpointed path (same memory bound, slower).
-            return checkpointed_block_attention(q, k, v, query_factors, key_factors,
-                                                self.distance, self._sign, dropout_p,
-                                                self.chunk_size)
+    def _block_attention(self, kernel: str, q: Tensor, k: Tensor, v: Tensor,
+                         query_factors: List[Tensor], key_factors: List[Tensor]) -> Tensor:
+        """The distance bias through an exact block kernel (``cpu_tiles``,
+        ``triton`` or ``python_blocks``)."""
         root = self.distance != 'squared'
         if root:
             floors = torch.cat([rounding_floor(f)[..., 0] for f in key_factors], dim=-1)
@@ -515,7 +535,7 @@ class SaPE2(AttentionBiasPositionEncoding):
         with torch.autocast(device_type=q.device.type, enabled=False):
             return sape2_block_attention(
                 q, k, v, query_factors, key_factors, floors, root=root, sign=self._sign,
-                block_size=self.chunk_size, symmetric=True)
+                block_size=self.chunk_size, symmetric=True, kernel=kernel)
 
     def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor,
                          query_factors: List[Tensor], key_factors: List[Tensor],
@@ -537,7 +557,9 @@ class SaPE2(AttentionBiasPositionEncoding):
                 f'negative_bias={self.negative_bias}, decay_tables={self.decay_tables}, '
                 f'layers={list(self.layers)}, '
                 f'position_mode={self.position_mode!r}, distance={self.distance!r}, '
-                f'impl={self.impl!r}, chunk_size={self.chunk_size}')
+                f'impl={self.impl!r}, chunk_size={self.chunk_size}'
+                + ('' if self.last_kernel is None else
+                   f', last_kernel={self.last_kernel.kernel!r}'))
 
 
 def _check_choice(option: str, value, choices: Tuple[str, ...]) -> None:

@@ -16,7 +16,8 @@ operators (``torch.library.custom_op``, namespace ``mmsape``), so that
 
 :func:`register_attention_autograd` connects the two;
 :func:`fake_attention_outputs` is what every forward operator returns for fake
-(meta) tensors.
+(meta) tensors, and :func:`heads_first` the layout the kernels take their
+tensors in.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -68,6 +69,12 @@ def fake_attention_outputs(q: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
     return v.new_empty(v.shape), q.new_empty(q.shape[:-1])
 
 
+def heads_first(tensor: Tensor) -> Tensor:
+    """``(..., N, C)`` -> contiguous ``(B*heads, N, C)``: every (batch, head) a
+    row-major ``N x C`` matrix, the layout the kernels walk over."""
+    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
+
+
 def _flatten(arguments: Sequence) -> Tuple[list, _Structure]:
     """Tensors (and Nones) of ``arguments``, lists unpacked, and how to repack them."""
     flat, structure = [], []
@@ -93,4 +100,4 @@ def _unflatten(flat: Sequence, structure: _Structure) -> list:
     return arguments
 
 
-__all__ = ['fake_attention_outputs', 'register_attention_autograd']
+__all__ = ['fake_attention_outputs', 'heads_first', 'register_attention_autograd']

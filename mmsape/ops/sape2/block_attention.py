@@ -12,17 +12,18 @@ the squared-distance model) or through the safe square root of
 :func:`~.functional.safe_sqrt` (``root=True``): ``D = sqrt(sq)`` where
 ``sq > floor`` and ``D = 0`` with zero gradient at or below the rounding floor.
 
-:func:`sape2_block_attention` is the one entry point; it picks the kernel for
-the inputs' device and dtype (:func:`compiled_kernel_for`). The kernels give
-the same results up to float rounding:
+:func:`sape2_block_attention` is the one entry point; the kernel it runs is
+:func:`~.dispatch.choose_sape2_kernel`'s (``impl='chunked'``) unless forced.
+The kernels give the same results up to float rounding:
 
-* the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for float32 CPU
-  tensors (tiled, each pair of distance tiles computed once);
-* the fused Triton kernels of :mod:`.sape2_attention_triton`, on CUDA GPUs
-  (compute capability >= 8.0) where Triton is installed;
-* the Python kernel (:func:`sape2_attention_python_forward` and its backward),
-  pure PyTorch over query blocks: every other device and dtype (float64, CUDA
-  without Triton, ...).
+* ``cpu_tiles``: the compiled CPU kernel of :mod:`.sape2_attention_cpu`, for
+  float32 CPU tensors with symmetric factors (tiled, each pair of distance
+  tiles computed once);
+* ``triton``: the fused Triton kernels of :mod:`.sape2_attention_triton`, on
+  CUDA GPUs (compute capability >= 8.0) where Triton is installed;
+* ``python_blocks``: the Python kernel (:func:`sape2_attention_python_forward`
+  and its backward), pure PyTorch over query blocks: every other device and
+  dtype (float64, CUDA without Triton, ...).
 
 Each kernel is a pair of PyTorch custom operators with fake implementations
 and one autograd formula (:mod:`.attention_autograd`), so that
@@ -50,22 +51,20 @@ root, then set to exactly 0 by a second ``threshold``; see
 ``where(sq > floor, sq, 0).sqrt()`` exactly.
 """
 import math
-import os
-import warnings
 from functools import partial
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .attention_autograd import fake_attention_outputs, register_attention_autograd
+from .attention_autograd import fake_attention_outputs, heads_first, register_attention_autograd
+from .dispatch import choose_sape2_kernel
 from .functional import sape_bias
-from .sape2_attention_cpu import sape2_attention_cpu, uses_cpu_kernel
-from .sape2_attention_triton import MAX_HEAD_DIMS as TRITON_MAX_HEAD_DIMS
+from .sape2_attention_cpu import sape2_attention_cpu
 from .sape2_attention_triton import Q_DTYPES as TRITON_Q_DTYPES
-from .sape2_attention_triton import sape2_attention_triton, triton_unavailable_reason
+from .sape2_attention_triton import sape2_attention_triton
 
 #: Largest block buffer, in elements (1 MiB in float32). The few ``rows x N``
 #: buffers of a block are then about as large as a core's L2 cache, and the
@@ -181,8 +180,8 @@ def sape2_attention_python_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
     log-sum-exp of the logits. See :func:`sape2_block_attention`."""
     num_axes = len(query_factors)
     num_tokens = q.shape[-2]
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     out = torch.empty_like(v3)
     lse = q3.new_empty(q3.shape[:-1])
     block_logits = _BlockLogits(k3, block_size, num_axes, root, sign, with_inverse=False)
@@ -214,8 +213,8 @@ def sape2_attention_python_backward(
     """The Python kernel's backward: gradients of q, k, v and of every factor."""
     num_axes = len(query_factors)
     factor_shapes = [f.shape for f in (*query_factors, *key_factors)]
-    q3, k3, v3, out3, grad_out3 = (_heads_first(t) for t in (q, k, v, out, grad_out))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3, out3, grad_out3 = (heads_first(t) for t in (q, k, v, out, grad_out))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     lse2 = lse.reshape(q3.shape[:-1])
     num_heads, num_tokens, head_dims = q3.shape
     # delta_i = sum_n P_in dP_in = dO_i . O_i, the softmax backward's row term.
@@ -276,16 +275,20 @@ register_attention_autograd(sape2_attention_python_forward, sape2_attention_pyth
                             num_tensor_args=6)
 
 
-def _heads_first(tensor: Tensor) -> Tensor:
-    """``(..., N, C)`` -> ``(B*heads, N, C)``."""
-    return tensor.reshape(-1, *tensor.shape[-2:])
-
-
 def _floor_values(floors: Optional[Tensor], num_heads: int, num_axes: int) -> List[List[float]]:
     """Per (batch, head) and axis floors as Python floats (scalars for ``threshold``)."""
     if floors is None:
         return [[0.] * num_axes for _ in range(num_heads)]
     return floors.detach().reshape(num_heads, num_axes).tolist()
+
+
+#: The kernels of :func:`sape2_block_attention`, by their paths of
+#: :data:`~.dispatch.KERNEL_PATHS`: the compiled CPU kernel, the fused Triton
+#: kernels, the Python kernel.
+BLOCK_KERNELS = ('cpu_tiles', 'triton', 'python_blocks')
+#: The same kernels' short names, which ``kernel=`` takes as well.
+KERNELS = ('cpu', 'triton', 'python')
+_KERNEL_PATHS = dict(zip(KERNELS, BLOCK_KERNELS))
 
 
 def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tensor],
@@ -295,16 +298,17 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
     """``softmax(q k^T / sqrt(d) + sign * bias) v`` with the SaPE² bias, exactly,
     in tiles or query blocks, without any N x N tensor saved for backward.
 
-    The kernel follows the device and the factors' dtype
-    (:func:`compiled_kernel_for`): float32 factors on a CUDA GPU where Triton
-    runs go through the fused Triton kernels
-    (:func:`~.sape2_attention_triton.sape2_attention_triton`, q, k and v in
-    their own dtype, float32, float16 or bfloat16); float32 CPU inputs with
-    ``symmetric=True`` through the compiled CPU kernel when it is available
-    (:func:`~.sape2_attention_cpu.load_cpu_kernel`); everything else through
-    the Python kernel (:func:`sape2_attention_python_forward`). All are custom
-    operators (:mod:`.attention_autograd`): ``torch.compile`` traces this
-    function without a graph break.
+    The kernel is :func:`~.dispatch.choose_sape2_kernel`'s for the device,
+    the factors' dtype, the head dims and ``symmetric``: float32 factors on a
+    CUDA GPU where Triton runs go through the fused Triton kernels
+    (``'triton'``: :func:`~.sape2_attention_triton.sape2_attention_triton`, q,
+    k and v in their own dtype, float32, float16 or bfloat16); float32 CPU
+    inputs with ``symmetric=True`` through the compiled CPU kernel where it is
+    built (``'cpu_tiles'``: :func:`~.sape2_attention_cpu.load_cpu_kernel`);
+    everything else through the Python kernel (``'python_blocks'``:
+    :func:`sape2_attention_python_forward`). All are custom operators
+    (:mod:`.attention_autograd`): ``torch.compile`` traces this function
+    without a graph break.
 
     Args:
         q (Tensor): ``(..., N, d)`` queries.
@@ -329,8 +333,10 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
             vectors, so ``qf_i . kf_n = qf_n . kf_i``: the compiled CPU kernel
             then computes the distances of each pair of tiles once, for both
             orientations. Defaults to False.
-        kernel (str, optional): One of :data:`KERNELS` to force a kernel (for
-            benchmarks and tests); None picks as described. Defaults to None.
+        kernel (str, optional): Forces a kernel (for benchmarks, tests and
+            callers that have asked the dispatcher already): a path of
+            :data:`BLOCK_KERNELS` or its short name of :data:`KERNELS`; None
+            asks :func:`~.dispatch.choose_sape2_kernel`. Defaults to None.
 
     Returns:
         Tensor: ``(..., N, dv)`` in v's dtype. The CPU and Python kernels
@@ -341,13 +347,18 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         raise ValueError('root=True needs the rounding floors of the squared distances.')
     if len(query_factors) != len(key_factors) or not query_factors:
         raise ValueError('Need one query and one key factor per axis.')
-    if kernel is not None and kernel not in KERNELS:
-        raise ValueError(f'kernel must be one of {KERNELS} or None, got {kernel!r}.')
+    if kernel is not None and kernel not in KERNELS + BLOCK_KERNELS:
+        raise ValueError(f'kernel must be one of {KERNELS} (or their paths {BLOCK_KERNELS}) '
+                         f'or None, got {kernel!r}.')
     query_factors = [f.contiguous() for f in query_factors]
     key_factors = [f.contiguous() for f in key_factors]
     dtype = query_factors[0].dtype
     if kernel is None:
-        kernel = _kernel_for_inputs(q, v, dtype, len(query_factors), symmetric)
+        kernel = choose_sape2_kernel(
+            bias='distance', impl='chunked', distance='l2' if root else 'squared',
+            device=q.device, dtype=dtype, head_dims=max(q.shape[-1], v.shape[-1]),
+            num_axes=len(query_factors), symmetric=symmetric).kernel
+    kernel = _KERNEL_PATHS.get(kernel, kernel)
     floors = floors if root else None
     out_dtype = v.dtype
     if kernel == 'triton':
@@ -356,7 +367,7 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         out = sape2_attention_triton(q, k, v, query_factors, key_factors, floors, root, sign)
         return out.to(out_dtype)
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
-    if kernel == 'cpu':
+    if kernel == 'cpu_tiles':
         out = sape2_attention_cpu(q, k, v, query_factors, key_factors, floors, root, sign)
     else:
         num_tokens = q.shape[-2]
@@ -364,67 +375,6 @@ def sape2_block_attention(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequen
         out, _ = sape2_attention_python_forward(q, k, v, query_factors, key_factors, floors,
                                                 bool(root), float(sign), block_size)
     return out.to(out_dtype)
-
-
-#: Environment variable: ``0`` skips the fused Triton kernels on CUDA (the
-#: Python kernel runs instead, as where Triton cannot run, without a warning).
-TRITON_ENV = 'MMSAPE_SAPE2_TRITON'
-#: The kernels of :func:`sape2_block_attention`: the compiled CPU kernel, the
-#: fused Triton kernels, the Python kernel.
-KERNELS = ('cpu', 'triton', 'python')
-
-
-def _kernel_for_inputs(q: Tensor, v: Tensor, dtype: torch.dtype, num_axes: int,
-                       symmetric: bool) -> str:
-    compiled = compiled_kernel_for(q.device, dtype)
-    if compiled == 'cpu' and symmetric:
-        return 'cpu'
-    if compiled == 'triton' and num_axes <= 2 and max(q.shape[-1],
-                                                      v.shape[-1]) <= TRITON_MAX_HEAD_DIMS:
-        return 'triton'
-    return 'python'
-
-
-# Reasons the Triton kernels could not run that a warning has reported.
-_reported_triton_failures: Set[str] = set()
-
-
-@torch.compiler.assume_constant_result
-def compiled_kernel_for(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """The compiled kernel that :func:`sape2_block_attention` runs (symmetric)
-    inputs of this device and factor dtype through, or None for the Python kernel.
-
-    ``'cpu'``: the compiled CPU kernel, for float32 on the CPU where it could be
-    built. ``'triton'``: the fused Triton kernels, for float32 factors on a CUDA
-    GPU where they run (Triton installed, compute capability >= 8.0); where
-    they cannot, one warning says why, and the Python kernel (and, in
-    :class:`~mmsape.models.SaPE2`, the other PyTorch paths) take over.
-    ``MMSAPE_SAPE2_TRITON=0`` (:data:`TRITON_ENV`) skips the Triton kernels.
-
-    ``torch.compile`` calls this once per traced graph and keeps the answer
-    (setting ``MMSAPE_SAPE2_CPU_KERNEL`` later does not retrace).
-    """
-    if device.type == 'cpu':
-        return 'cpu' if uses_cpu_kernel(device, dtype) else None
-    if device.type != 'cuda' or dtype != torch.float32 or os.environ.get(TRITON_ENV) == '0':
-        return None
-    reason = triton_unavailable_reason(device)
-    if reason is None:
-        return 'triton'
-    if reason not in _reported_triton_failures:
-        _reported_triton_failures.add(reason)
-        warnings.warn(
-            f'The fused Triton kernels of exact SaPE² attention cannot run on {device}: '
-            f'{reason}. SaPE² takes its PyTorch paths there instead (same results; slower, '
-            f"and impl='dense' holds an N x N bias).", RuntimeWarning, stacklevel=2)
-    return None
-
-
-def uses_compiled_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`sape2_block_attention` runs symmetric inputs of this device
-    and factor dtype through a compiled kernel (CPU or Triton) rather than the
-    Python one."""
-    return compiled_kernel_for(device, dtype) is not None
 
 
 def checkpointed_block_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -481,7 +431,6 @@ def _attend_query_block(q_block: Tensor, k: Tensor, v: Tensor, *factors: Tensor,
 
 
 __all__ = [
-    'BLOCK_ELEMENTS', 'KERNELS', 'TRITON_ENV', 'checkpointed_block_attention',
-    'compiled_kernel_for', 'sape2_attention_python_backward', 'sape2_attention_python_forward',
-    'sape2_block_attention', 'uses_compiled_kernel'
+    'BLOCK_ELEMENTS', 'BLOCK_KERNELS', 'KERNELS', 'checkpointed_block_attention',
+    'sape2_attention_python_backward', 'sape2_attention_python_forward', 'sape2_block_attention'
 ]

@@ -10,11 +10,13 @@ query-relative contextual positions (:func:`~.functional.sape_vectors` with
 ``count_from='query'``). Per query the bias is a table of W + H scalars, so it
 is a gather, never a stored N x N tensor:
 
-* :func:`lookup_block_attention`: exact, O(N) memory for backward. Float32 CPU
-  tensors go through the compiled kernel
-  (:func:`~.sape2_attention_cpu.sape2_lookup_attention_cpu_forward`), everything
-  else through the Python block kernel of :mod:`.block_attention` on the
-  factors of :func:`~.functional.lookup_factors`;
+* :func:`lookup_block_attention`: exact, O(N) memory for backward. The kernel
+  is :func:`~.dispatch.choose_sape2_kernel`'s: float32 CPU tensors go through
+  the compiled kernel (``'cpu_lookup'``:
+  :func:`~.sape2_attention_cpu.sape2_lookup_attention_cpu_forward`), everything
+  else through the block kernels of :mod:`.block_attention` (``'triton'`` on
+  CUDA GPUs where Triton runs, ``'python_blocks'`` elsewhere) on the factors of
+  :func:`~.functional.lookup_factors`;
 * :func:`flex_lookup_attention`: FlexAttention with a ``score_mod`` that adds
   ``s^x[b, h, q, x(kv)] + s^y[b, h, q, y(kv)]``; compiled and
   training-capable on CUDA, inference only on CPU (a PyTorch limitation);
@@ -23,20 +25,26 @@ is a gather, never a stored N x N tensor:
   needs no kernel of its own; it widens the head by W + H.
 """
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .block_attention import sape2_block_attention
+from .dispatch import choose_sape2_kernel
 from .functional import grid_coordinates, lookup_factors
-from .sape2_attention_cpu import sape2_lookup_attention_cpu_forward, uses_cpu_kernel
+from .sape2_attention_cpu import sape2_lookup_attention_cpu_forward
+
+#: The kernels of :func:`lookup_block_attention`, by their paths of
+#: :data:`~.dispatch.KERNEL_PATHS`.
+LOOKUP_KERNELS = ('cpu_lookup', 'triton', 'python_blocks')
 
 
 def lookup_block_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
                            y_vectors: Tensor, height: int, width: int,
-                           num_prefix: int = 0, block_size: int = 128) -> Tensor:
+                           num_prefix: int = 0, block_size: int = 128,
+                           kernel: Optional[str] = None) -> Tensor:
     """``softmax(q k^T / sqrt(d) + bias) v`` with the lookup bias, exactly, in
     tiles, without any N x N tensor saved for backward.
 
@@ -51,6 +59,9 @@ def lookup_block_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
         num_prefix (int): P. Defaults to 0.
         block_size (int): Python kernel only: most queries per block (see
             :func:`~.block_attention.sape2_block_attention`). Defaults to 128.
+        kernel (str, optional): Forces one of :data:`LOOKUP_KERNELS` (for tests
+            and callers that have asked the dispatcher already); None asks
+            :func:`~.dispatch.choose_sape2_kernel`. Defaults to None.
 
     Returns:
         Tensor: ``(..., P + H*W, dv)`` in the common dtype of the inputs (all
@@ -65,14 +76,20 @@ def lookup_block_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
             f'{height}x{width} grid with {num_prefix} prefix tokens needs '
             f'{num_tokens} tokens, (..., {height * width}, {width}) and '
             f'(..., {height * width}, {height}).')
-    if uses_cpu_kernel(q.device, q.dtype):
+    if kernel is None:
+        kernel = choose_sape2_kernel(bias='lookup', impl='chunked', device=q.device,
+                                     dtype=q.dtype, head_dims=max(q.shape[-1], v.shape[-1]),
+                                     num_axes=1).kernel
+    elif kernel not in LOOKUP_KERNELS:
+        raise ValueError(f'kernel must be one of {LOOKUP_KERNELS} or None, got {kernel!r}.')
+    if kernel == 'cpu_lookup':
         tensors = [t.contiguous() for t in (q, k, v, x_vectors, y_vectors)]
         out, _ = sape2_lookup_attention_cpu_forward(*tensors, height, width, num_prefix)
         return out
     query_factors, key_factors = lookup_factors(x_vectors, y_vectors, height, width,
                                                 num_prefix)
     return sape2_block_attention(q, k, v, [query_factors], [key_factors], None, root=False,
-                                 block_size=block_size)
+                                 block_size=block_size, kernel=kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,4 +150,4 @@ def flex_lookup_attention(q: Tensor, k: Tensor, v: Tensor, x_vectors: Tensor,
     return attend(q, k, v, score_mod=add_lookup_bias)
 
 
-__all__ = ['lookup_block_attention', 'flex_lookup_attention']
+__all__ = ['LOOKUP_KERNELS', 'lookup_block_attention', 'flex_lookup_attention']

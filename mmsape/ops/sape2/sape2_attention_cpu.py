@@ -18,14 +18,15 @@ The extension is built with the PyTorch C++ extension tool the first time it
 is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``). Set
 ``MMSAPE_SAPE2_CPU_KERNEL=0`` to skip it; if it cannot be built, a warning says
 why and the Python kernel of :mod:`.block_attention` runs instead, with the
-same results.
+same results. ``MMSAPE_REQUIRE_COMPILED_KERNELS=1`` (CI sets it) makes a
+failed build an error instead.
 
 The operators have fake implementations and autograd (:mod:`.attention_autograd`):
 ``torch.compile`` traces them as single nodes, without a graph break, and
 ``torch.export`` records one op. Use the kernels through
 :func:`~.block_attention.sape2_block_attention` and
-:func:`~.lookup_attention.lookup_block_attention`, which pick the kernel for
-the inputs' device and dtype.
+:func:`~.lookup_attention.lookup_block_attention`, whose kernel
+:func:`~.dispatch.choose_sape2_kernel` picks.
 """
 import logging
 import os
@@ -38,15 +39,21 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .attention_autograd import fake_attention_outputs, register_attention_autograd
+from .attention_autograd import fake_attention_outputs, heads_first, register_attention_autograd
 
 #: Environment variable: ``0`` skips the compiled CPU kernel.
 CPU_KERNEL_ENV = 'MMSAPE_SAPE2_CPU_KERNEL'
+#: Environment variable: ``1`` makes a failed build of the compiled kernels an
+#: error rather than a warning and a fallback (for CI, where the tests that
+#: compare kernels must not pass by skipping the compiled ones).
+REQUIRE_COMPILED_KERNELS_ENV = 'MMSAPE_REQUIRE_COMPILED_KERNELS'
 _CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
 _CPU_KERNEL_SOURCES = [osp.join(_CSRC, name) for name in (
     'pybind.cpp', 'sape2_attention_cpu.cpp', 'sape2_lookup_attention_cpu.cpp')]
 # The loaded extension, False once loading failed, None before the first try.
 _cpu_kernel = None
+# Why the build failed, once it has.
+_build_failure = ''
 
 # Compiler flags matching PyTorch's own vectorised CPU code paths
 # (``at::vec::Vectorized`` picks its implementation from these macros).
@@ -62,9 +69,14 @@ def load_cpu_kernel():
 
     Unavailable when ``MMSAPE_SAPE2_CPU_KERNEL=0`` or when the build fails (no
     C++ compiler, for one); the failure is reported once as a warning and the
-    Python kernel takes over, with the same results.
+    Python kernel takes over, with the same results. With
+    ``MMSAPE_REQUIRE_COMPILED_KERNELS=1`` a failed build raises instead, on
+    every call.
+
+    Raises:
+        RuntimeError: The build failed and ``MMSAPE_REQUIRE_COMPILED_KERNELS=1``.
     """
-    global _cpu_kernel
+    global _cpu_kernel, _build_failure
     if os.environ.get(CPU_KERNEL_ENV, '1') == '0':
         return None
     if _cpu_kernel is None:
@@ -80,12 +92,25 @@ def load_cpu_kernel():
                 verbose=False)
         except Exception as error:  # a missing compiler raises several kinds
             _cpu_kernel = False
-            warnings.warn(
-                f'The compiled SaPE² CPU kernel could not be built ({type(error).__name__}: '
-                f'{error}); the Python kernel runs instead (same results, about 1.5x '
-                f'slower). Install a C++ compiler and ninja to get it, or set '
-                f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
+            _build_failure = (f'The compiled SaPE² CPU kernel could not be built from '
+                              f'{_CSRC} ({type(error).__name__}: {error})')
+            if not compiled_kernels_required():
+                warnings.warn(
+                    f'{_build_failure}; the Python kernel runs instead (same results, about '
+                    f'1.5x slower). Install a C++ compiler and ninja to get it, or set '
+                    f'{CPU_KERNEL_ENV}=0 to skip the attempt.', RuntimeWarning, stacklevel=2)
+    if _cpu_kernel is False and compiled_kernels_required():
+        raise RuntimeError(
+            f'{_build_failure}. {REQUIRE_COMPILED_KERNELS_ENV}=1 makes this an error: install '
+            f'a C++ compiler and ninja (and check TORCH_EXTENSIONS_DIR is writable), or unset '
+            f'{REQUIRE_COMPILED_KERNELS_ENV} to let the Python kernel run instead.')
     return _cpu_kernel or None
+
+
+def compiled_kernels_required() -> bool:
+    """Whether ``MMSAPE_REQUIRE_COMPILED_KERNELS=1``: the compiled kernels must
+    build (failures are errors, and tests of them fail instead of skipping)."""
+    return os.environ.get(REQUIRE_COMPILED_KERNELS_ENV, '0') == '1'
 
 
 def _import_extension_loader():
@@ -117,8 +142,8 @@ def sape2_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, query_factors: 
     """The forward kernel: ``(out, lse)``, ``lse`` the ``(..., N)`` row
     log-sum-exp of the logits. See :func:`sape2_attention_cpu`."""
     num_axes = len(query_factors)
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     out, lse = _loaded_kernel().forward(q3, k3, v3, qf3, kf3, _floor_table(floors, q3, num_axes),
                                         root, sign, q.shape[-1]**-0.5)
     return out.view(v.shape), lse.view(q.shape[:-1])
@@ -137,8 +162,8 @@ def sape2_attention_cpu_backward(
         root: bool, sign: float) -> Tuple[Tensor, Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The backward kernel: gradients of q, k, v and of every factor."""
     num_axes = len(query_factors)
-    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3, out3 = (heads_first(t) for t in (q, k, v, out))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     grads = _loaded_kernel().backward(
         grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
         lse.reshape(out3.shape[:-1]).contiguous(), qf3, kf3, _floor_table(floors, q3, num_axes),
@@ -168,7 +193,7 @@ def sape2_attention_cpu(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence
     Float32 CPU tensors; the arguments mean what they mean for
     :func:`~.block_attention.sape2_block_attention`, whose ``symmetric``
     factors this kernel needs. Differentiable (not twice). Use through that
-    function, which checks the inputs and picks the kernel.
+    function, which checks the inputs and asks for the kernel.
 
     Returns:
         Tensor: ``(..., N, dv)``.
@@ -185,11 +210,6 @@ def _loaded_kernel():
                            'of load_cpu_kernel, or unset MMSAPE_SAPE2_CPU_KERNEL=0); '
                            'sape2_block_attention runs the Python kernel instead.')
     return kernel
-
-
-def _heads_first(tensor: Tensor) -> Tensor:
-    """``(..., N, C)`` -> contiguous ``(B*heads, N, C)``, as the kernel takes them."""
-    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
 
 
 def _floor_table(floors: Optional[Tensor], q3: Tensor, num_axes: int) -> Tensor:
@@ -211,8 +231,8 @@ def sape2_lookup_attention_cpu_forward(q: Tensor, k: Tensor, v: Tensor, x_vector
     between patch tokens (0 in the rows and columns of the ``num_prefix``
     prefix tokens). Use through :func:`~.lookup_attention.lookup_block_attention`.
     """
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    x3, y3 = (heads_first(t) for t in (x_vectors, y_vectors))
     out, lse = _loaded_kernel().lookup_forward(q3, k3, v3, x3, y3, height, width, num_prefix,
                                                q.shape[-1]**-0.5)
     return out.view(v.shape), lse.view(q.shape[:-1])
@@ -230,8 +250,8 @@ def sape2_lookup_attention_cpu_backward(
         x_vectors: Tensor, y_vectors: Tensor, height: int, width: int,
         num_prefix: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The lookup kernel's backward: gradients of q, k, v and of both SaPE vectors."""
-    q3, k3, v3, out3 = (_heads_first(t) for t in (q, k, v, out))
-    x3, y3 = (_heads_first(t) for t in (x_vectors, y_vectors))
+    q3, k3, v3, out3 = (heads_first(t) for t in (q, k, v, out))
+    x3, y3 = (heads_first(t) for t in (x_vectors, y_vectors))
     grads = _loaded_kernel().lookup_backward(
         grad_out.reshape(out3.shape).contiguous(), q3, k3, v3, out3,
         lse.reshape(out3.shape[:-1]).contiguous(), x3, y3, height, width, num_prefix,
@@ -248,13 +268,7 @@ register_attention_autograd(sape2_lookup_attention_cpu_forward,
                             sape2_lookup_attention_cpu_backward, num_tensor_args=5)
 
 
-def uses_cpu_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`~.block_attention.sape2_block_attention` runs (symmetric)
-    inputs of this device and dtype through the compiled CPU kernel."""
-    return device.type == 'cpu' and dtype == torch.float32 and load_cpu_kernel() is not None
-
-
-__all__ = ['CPU_KERNEL_ENV', 'load_cpu_kernel', 'sape2_attention_cpu',
-           'sape2_attention_cpu_backward', 'sape2_attention_cpu_forward',
-           'sape2_lookup_attention_cpu_backward', 'sape2_lookup_attention_cpu_forward',
-           'uses_cpu_kernel']
+__all__ = ['CPU_KERNEL_ENV', 'REQUIRE_COMPILED_KERNELS_ENV', 'compiled_kernels_required',
+           'load_cpu_kernel', 'sape2_attention_cpu', 'sape2_attention_cpu_backward',
+           'sape2_attention_cpu_forward', 'sape2_lookup_attention_cpu_backward',
+           'sape2_lookup_attention_cpu_forward']

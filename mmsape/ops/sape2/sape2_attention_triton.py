@@ -59,6 +59,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .attention_autograd import heads_first
+
 #: Smallest CUDA compute capability the kernels are built for (Ampere).
 MIN_CUDA_CAPABILITY = (8, 0)
 #: Largest head dim (of q/k and of v): wider heads would not fit in registers.
@@ -268,11 +270,6 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, query_factors: Sequence[Tenso
         raise ValueError(f'All tensors must be on one device; got {sorted(map(str, devices))}.')
 
 
-def _heads_first(tensor: Tensor) -> Tensor:
-    """``(..., N, C)`` -> contiguous ``(B*H, N, C)``."""
-    return tensor.reshape(-1, *tensor.shape[-2:]).contiguous()
-
-
 def _floor_table(floors: Optional[Tensor], q: Tensor, num_axes: int) -> Tensor:
     """``(B*H, num_axes)`` float32 floors; zeros (unread) for squared distances."""
     batch_shape = q.shape[:-2]
@@ -317,8 +314,8 @@ def sape2_attention_triton_forward(q: Tensor, k: Tensor, v: Tensor, query_factor
     """
     _check_inputs(q, k, v, query_factors, key_factors, floors, root)
     kernels = _kernels_for(q.device)
-    q3, k3, v3 = (_heads_first(t) for t in (q, k, v))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3 = (heads_first(t) for t in (q, k, v))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     num_heads, num_tokens = q3.shape[:2]
     out = torch.empty(v3.shape, device=q.device, dtype=torch.float32)
     lse = torch.empty(num_heads, num_tokens, device=q.device, dtype=torch.float32)
@@ -351,8 +348,8 @@ def sape2_attention_triton_backward(
     grad_lse)``.
     """
     kernels = _kernels_for(q.device)
-    q3, k3, v3, grad_out3 = (_heads_first(t) for t in (q, k, v, grad_out))
-    qf3, kf3 = [_heads_first(f) for f in query_factors], [_heads_first(f) for f in key_factors]
+    q3, k3, v3, grad_out3 = (heads_first(t) for t in (q, k, v, grad_out))
+    qf3, kf3 = [heads_first(f) for f in query_factors], [heads_first(f) for f in key_factors]
     num_heads, num_tokens = q3.shape[:2]
     lse2 = lse.reshape(num_heads, num_tokens).contiguous()
     delta = (grad_out3.float() * out.reshape(grad_out3.shape).float()).sum(-1)

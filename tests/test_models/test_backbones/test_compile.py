@@ -13,9 +13,9 @@ import torch
 
 import projects.alibi2d.alibi2d  # noqa: F401  registers ALiBi2D from outside mmsape
 from mmsape.models.pos_encodings import registered_pos_encodings
-from mmsape.ops.sape2 import CPU_KERNEL_ENV, load_cpu_kernel
+from mmsape.ops.sape2 import CPU_KERNEL_ENV
 
-from builders import tiny_vit
+from builders import require_cpu_kernel, tiny_vit
 
 #: Encodings that cannot be built from their type alone, and what to build instead.
 CONFIGS = {'PositionEncodingStack': [dict(type='LearnedAPE'), dict(type='SaPE2')]}
@@ -103,8 +103,8 @@ def test_sape2_paths_compile_without_graph_breaks(options):
 @pytest.mark.parametrize('kernel', ['compiled', 'python'])
 def test_sape2_kernels_compile_without_graph_breaks(kernel, monkeypatch):
     monkeypatch.setenv(CPU_KERNEL_ENV, '1' if kernel == 'compiled' else '0')
-    if kernel == 'compiled' and load_cpu_kernel() is None:
-        pytest.skip('the compiled SaPE2 CPU kernel is not available here')
+    if kernel == 'compiled':
+        require_cpu_kernel()
     assert_compiled_matches_eager(tiny_vit('SaPE2', seed=0, train=True), images())
 
 
