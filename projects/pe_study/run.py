@@ -22,7 +22,6 @@ import os.path as osp
 import shlex
 import sys
 import time
-from typing import List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if ROOT not in sys.path:  # run as a script from anywhere: the repository is the import root

@@ -1,270 +1,306 @@
-"""The position-encoding study (projects/pe_study): its pieces and its CLI."""
+"""The position-encoding study (projects/pe_study): its set, its pairing, its
+measurements, its statistics, its report and its CLI."""
+import copy
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
+from PIL import Image
 
-from mmsape.utils.config_entries import find_entry, find_entry_index
-from projects.pe_study.study import digits as study
-from projects.pe_study.study import encodings, jobs, report
-from projects.pe_study.study.segmentation import (
-    SEG_BASE,
-    SEG_CLASSES,
-    SEG_CONFIG,
-    SEG_ENCODINGS,
-    seg_config,
-    seg_sizes,
-)
+from mmsape.registry import HOOKS
+from projects.pe_study.study import dataset, encodings, report, segmentation, stats
+from projects.pe_study.study.jobs import QUICK_PROTOCOL
 
 from builders import ROOT, load_script
 
 
-def test_pe_study_building_blocks(tmp_path):
-    pytest.importorskip('sklearn')
-    x_train, y_train, x_test, y_test = study.digits_canvases()
-    assert x_train.shape[1:] == (1, study.CANVAS, study.CANVAS)
-    assert len(y_train) + len(y_test) == 1797
-    data = (x_train[:96], y_train[:96], x_test[:64], y_test[:64])
-    results = [study.train_digits(name, 0, 1, True, data) for name in ('APE', 'none')]
-    sizes = {f'{h}x{w}' for h, w in study.DIGIT_EVAL_SIZES}
-    assert set(results[0]['acc']) == sizes
-    tool = load_script('projects/pe_study/run.py')
-    args = tool.parse_args(['--quick', '--out', str(tmp_path)])
-    report_text = tool.write_report(args, results, [], wall_s=1.)
-    assert (tmp_path / 'README.md').exists() and (tmp_path / 'digits_resolution.png').exists()
-    assert '| APE |' in report_text and '| none |' in report_text
-    # The model without position encoding is exactly equivariant under whole-patch rolls.
-    none_rows = [r for r in results[1]['equivariance']
-                 if r['shift_x'] % study.PATCH == 0 and r.get('mode') != 'crop']
-    assert all(abs(r['cosine'] - 1) < 1e-5 for r in none_rows)
-    # The extrapolation protocol's sizes: 1x, 1.5x, 2x and 3x the training canvas.
-    assert {study.size_key((round(24 * s), ) * 2) for s in study.DIGIT_SCALES} <= sizes
-    with pytest.raises(ValueError, match='training'):
-        study.train_digits('none', 0, 1, True, data, training='cropped')
+# ------------------------------------------------------------------ the set
+def test_label_rules_by_hand():
+    assert dataset.frame_label(10., 96.) == 'spot_top'
+    assert dataset.frame_label(60., 96.) == 'spot_bottom'
+    assert dataset.relation_label(20., 40.) == 'above_anchor'
+    assert dataset.relation_label(40., 20.) == 'below_anchor'
+    with pytest.raises(ValueError, match='above or below'):
+        dataset.relation_label(5., 5.)
+    a, b, c = ((1, 2, 3), 'disc', 19.), ((1, 2, 3), 'square', 19.), ((9, 9, 9), 'disc', 19.)
+    assert dataset.similarity_labels([a, b, a, c]) == ['twin', 'single', 'twin', 'single']
 
 
-def test_random_translate_is_translate_per_image():
-    images = torch.randn(6, 1, 24, 24)
-    generator = torch.Generator().manual_seed(3)
-    moved = study.random_translate(images, 4, generator)
-    shifts = torch.randint(-4, 5, (6, 2), generator=torch.Generator().manual_seed(3))
-    for image, out, (dy, dx) in zip(images, moved, shifts.tolist()):
-        assert -4 <= dy <= 4 and -4 <= dx <= 4
-        torch.testing.assert_close(out, study.translate(image, dy, dx))
-        # Whole-pixel translation with background fill: the content keeps its values.
-        kept = image[..., max(0, -dy):24 - max(0, dy), max(0, -dx):24 - max(0, dx)]
-        torch.testing.assert_close(
-            out[..., max(0, dy):max(0, dy) + kept.shape[-2],
-                max(0, dx):max(0, dx) + kept.shape[-1]], kept)
-    assert len({tuple(s) for s in shifts.tolist()}) > 1
+@pytest.mark.parametrize('canvas', [(96, 96), (192, 192), (288, 288), (96, 192)])
+def test_generated_images_follow_the_rules(canvas):
+    height, width = canvas
+    units = height * width / (96 * 96)
+    for index in range(6):
+        shapes = dataset.sample_shapes(np.random.default_rng([7, index]), height, width)
+        labels = [s.label for s in shapes]
+        pastel = [s for s in shapes if s.label in ('twin', 'single')]
+        for shape in shapes:
+            x0, y0, x1, y1 = shape.bbox_xyxy
+            assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height
+            if shape.label.startswith('spot_'):
+                # a few pixels from its edge, named by its half
+                gap = min(y0, height - y1)
+                assert dataset.FRAME_GAP[0] - 0.01 <= gap <= dataset.FRAME_GAP[1] + 0.01
+                assert shape.label == dataset.frame_label(shape.center[1], height)
+        for shape in pastel:
+            same = [o for o in pastel if o.color == shape.color and o.kind == shape.kind]
+            if shape.label == 'twin':
+                assert len(same) >= 2
+                far = max(math.dist(shape.center, o.center) for o in same)
+                assert far >= dataset.MIN_TWIN_DISTANCE
+            else:  # a single's hue belongs to no other object of its image
+                assert len(same) == 1
+                assert sum(o.color == shape.color for o in pastel) == 1
+        blobs = [s for s in shapes if s.label in ('above_anchor', 'below_anchor')]
+        anchors = [s for s in shapes if s.label == 'cyan_anchor']
+        assert len(blobs) == len(anchors)
+        for blob in blobs:  # its anchor: the nearest one of the same shape, straight below / above
+            anchor = min((a for a in anchors if a.kind == blob.kind),
+                         key=lambda a: math.dist(a.center, blob.center))
+            assert blob.label == dataset.relation_label(blob.center[1], anchor.center[1])
+        # density: the unit content scaled by the area (random rounding: within one)
+        assert abs(labels.count('cyan_anchor') - 2 * units) <= 1.5 + 0.1 * units
 
 
-def test_param_groups_follow_the_declaration():
-    model = study.DigitsViT(*encodings.row_settings('SaPE2+APE'), quick=True)
-    decay, no_decay = study.param_groups(model, 0.05)
-    names = {id(p): n for n, p in model.named_parameters()}
-    declared = {f'backbone.{n}' for n in model.backbone.no_weight_decay()}
-    assert declared and {names[id(p)] for p in no_decay['params']} >= declared
-    assert all(p.ndim > 1 and names[id(p)] not in declared for p in decay['params'])
-    assert decay['weight_decay'] == 0.05 and no_decay['weight_decay'] == 0.
+def test_generate_writes_the_ade_layout_and_is_reused(tmp_path):
+    sets = [dataset.EvalSet('val_pad_1x', (96, 96), 2),
+            dataset.EvalSet('val_pad_2x', (192, 192), 1)]
+    manifest = dataset.generate(str(tmp_path), 3, sets)
+    labels = np.asarray(Image.open(tmp_path / 'annotations/val_pad_2x/val_pad_2x_00000.png'))
+    image = np.asarray(Image.open(tmp_path / 'images/val_pad_2x/val_pad_2x_00000.png'))
+    assert labels.shape == (192, 192) and image.shape == (192, 192, 3)
+    assert labels.max() <= len(dataset.CLASSES)
+    objects = json.loads((tmp_path / 'objects/val_pad_2x.json').read_text())
+    assert {o['label'] for o in objects['val_pad_2x_00000']} <= set(dataset.CLASSES)
+    stamp = (tmp_path / 'images/training/training_00000.png').stat().st_mtime_ns
+    assert dataset.generate(str(tmp_path), 3, sets) == manifest
+    assert (tmp_path / 'images/training/training_00000.png').stat().st_mtime_ns == stamp
 
 
-def test_seg_config_sets_the_resizes_by_type(tmp_path):
-    """The study's training and test sizes reach the Resize transforms wherever
-    they stand in the demo pipelines, and nothing else changes."""
-    cfg = seg_config('PEG', seed=3, iters=10, work_dir=str(tmp_path / 'PEG_s3'), root=str(ROOT))
-    scale = (SEG_BASE[1], SEG_BASE[0])
-    train = cfg.train_dataloader.dataset.pipeline
-    assert find_entry(train, 'RandomResize').scale == scale
-    assert find_entry(cfg.test_dataloader.dataset.pipeline, 'Resize').scale == scale
-    demo = Config.fromfile(str(ROOT / SEG_CONFIG)).train_dataloader.dataset.pipeline
-    changed = [index for index, (old, new) in enumerate(zip(demo, train)) if old != new]
-    assert changed == [find_entry_index(train, 'RandomResize')]
-    # the row's file, configs/_base_/pos_encodings/peg.py
-    assert cfg.model.backbone.pos_encoding == dict(type='mmsape.PEG')
-    assert cfg.model.backbone.img_size == SEG_BASE
-    assert cfg.randomness.seed == 3 and cfg.train_cfg.max_iters == 10
-    # The study's set: its classes everywhere, and per-class IoU.
-    assert cfg.model.decode_head.num_classes == cfg.model.auxiliary_head.num_classes == \
-        len(SEG_CLASSES)
-    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
-        assert tuple(loader.dataset.metainfo['classes']) == SEG_CLASSES
-        assert loader.dataset.data_root.endswith('ade_frame_relation/ADEChallengeData2016')
-    assert cfg.test_evaluator['type'] == 'mmsape.PerClassIoUMetric'
-    assert [s['scale'] for s in seg_sizes()] == [1.0, 1.5, 2.0, 3.0]
-    assert (seg_sizes()[-1]['height'], seg_sizes()[-1]['width']) == (480, 240)
-    assert 'APE' in SEG_ENCODINGS and 'sin-cos' not in SEG_ENCODINGS
+# --------------------------------------------------------------- statistics
+def test_paired_difference_by_hand():
+    assert stats.t_quantile(4) == pytest.approx(2.7764, abs=1e-4)
+    diff = stats.paired_difference({0: 52., 1: 50., 2: 55.}, {0: 50., 1: 49., 2: 51., 3: 9.})
+    # differences 2, 1, 4: mean 7/3, sd sqrt(7/3), n 3
+    assert diff.n == 3 and diff.mean == pytest.approx(7 / 3)
+    assert diff.sd == pytest.approx(math.sqrt(7 / 3))
+    assert diff.half_width == pytest.approx(4.3027 * math.sqrt(7 / 3) / math.sqrt(3), rel=1e-4)
+    assert diff.sign == '~'  # 2.33 < 3.79
+    decided = stats.paired_difference({s: 60. + s % 2 for s in range(5)},
+                                      {s: 50. for s in range(5)})
+    assert decided.sign == '▲' and decided.format().endswith('▲')
+    assert stats.paired_difference({0: 1.}, {0: 0.}).format() == '+1.0 (1 seed)'
+    assert stats.paired_difference({0: 1.}, {1: 0.}) is None
+    # t(n-1) * 3 / sqrt(n) <= 2 first at n = 12 (t(11) = 2.201: 1.906)
+    assert stats.seeds_needed(3., 2.) == 12
 
 
-def test_goal_rows_are_found_from_their_configs(monkeypatch):
-    rows = {
-        'qrel': (dict(type='mmsape.SaPE2', count_from='query', bias='lookup'), {}),
-        'qrel+PEG': ([dict(type='SaPE2', count_from='query'), dict(type='PEG')], {}),
-        'qrel+APE': ([dict(type='LearnedAPE'), dict(type='SaPE2', count_from='query')], {}),
-        'published': (dict(type='SaPE2'), {}),
-    }
-    use_rows(monkeypatch, rows)
-    found = [n for n in rows if encodings.is_query_relative_sape2(n)]
-    assert found == ['qrel', 'qrel+PEG']
-    assert all(encodings.uses_sape2(n) for n in rows)
-    assert not encodings.uses_sape2('PEG')
+# ----------------------------------------------------------- measurements
+def tiny_segmenter(pos_encoding) -> torch.nn.Module:
+    cfg = Config.fromfile(str(ROOT / segmentation.SEG_CONFIG))
+    cfg.model.backbone.pos_encoding = pos_encoding
+    cfg.model.backbone.arch = dict(embed_dims=32, num_layers=2, num_heads=2,
+                                   feedforward_channels=32)
+    cfg.model.backbone.out_indices = (1, )
+    cfg.model.decode_head.in_channels = cfg.model.decode_head.channels = 32
+    torch.manual_seed(0)
+    return segmentation.build_model(cfg).eval()
 
 
-def use_rows(monkeypatch, rows: dict) -> None:
-    """Add study rows whose config files hold the given ``pos_encoding``."""
-    files = {}
-    for name, (pos_encoding, extra) in rows.items():
-        monkeypatch.setitem(encodings.ROWS, name, ((f'test:{name}', ), extra))
-        files[f'test:{name}'] = pos_encoding
-    read = encodings.read_pos_encoding
-    monkeypatch.setattr(
-        encodings, 'read_pos_encoding', lambda name: [dict(p) for p in (
-            files[name] if isinstance(files[name], list) else [files[name]])]
-        if name in files else read(name))
+@pytest.mark.parametrize('pos_encoding', [
+    dict(type='mmsape.NoPositionEncoding'),
+    dict(type='mmsape.SaPE2', count_from='query', bias='lookup'),
+    dict(type='mmsape.SaPE2'),
+    dict(type='mmsape.RoPE2D', mode='mixed'),
+])
+def test_probed_attention_is_the_attention_mass(pos_encoding):
+    """The probe columns equal softmax(q.k / sqrt(d) + bias) @ probes, computed
+    here from the block's q, k and the encoding's reference bias."""
+    backbone = tiny_segmenter(pos_encoding).backbone
+    images = torch.randn(1, 3, 24, 32)
+    grid_tokens = 1 + 3 * 4
+    probes = (torch.rand(1, grid_tokens, 3) > 0.5).float()
+    probes[:, 0] = 0
+    captured = []
+    handle = backbone.blocks[0].attn.qkv.register_forward_hook(
+        lambda module, args, out: captured.append(out))
+    record = []
+    with torch.no_grad(), segmentation.probed_attention(backbone, probes, record):
+        backbone(images)
+    handle.remove()
+    assert len(record) == 2 and record[0].shape == (1, 2, grid_tokens, 3)
+    assert 'attention' not in vars(backbone.pos_encoding)  # the method is back
+    q, k, _ = captured[0].reshape(1, grid_tokens, 3, 2, 16).permute(2, 0, 3, 1, 4).double()
+    encoding = backbone.pos_encoding
+    from mmsape.models.pos_encodings import TokenGrid
+    grid = TokenGrid(3, 4, 1)
+    if pos_encoding['type'] == 'mmsape.RoPE2D':
+        q, k = (encoding.rotate(0, t.float(), grid).double() for t in (q, k))
+        bias = 0.
+    elif 'SaPE2' in pos_encoding['type']:
+        bias = encoding.attention_bias(0, q.float(), k.float(), grid).double()
+    else:
+        bias = 0.
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 4. + bias, dim=-1)
+    expected = weights @ probes.double()[:, None]
+    torch.testing.assert_close(record[0].double(), expected, atol=2e-5, rtol=1e-4)
 
 
-def fake_seg_run(name: str, seed: int, miou: dict, groups: dict) -> dict:
-    """A segmentation result with the given mIoU per scale and group IoU (every
-    class of a group at the group's value)."""
-    sweep = []
-    for scale, value in miou.items():
-        sweep.append(dict(scale=scale, height=0, width=0, metric='mIoU', value=value))
-        for group, classes in report.SEG_CLASS_GROUPS.items():
-            sweep += [dict(scale=scale, height=0, width=0, metric=f'IoU.{c}',
-                           value=groups[group]) for c in classes]
-    layer_rows = [dict(layer=layer, shift_y=dy, shift_x=dx, cosine=1.)
-                  for layer in range(2) for dy, dx in ((8, 8), (16, 0))]
-    return dict(encoding=name, seed=seed, sweep=sweep, equivariance=layer_rows,
+def test_twin_pairs_pick_the_control_at_the_twin_distance():
+    def obj(label, color, kind, x, y):
+        return dict(label=label, color=color, kind=kind,
+                    polygon=[[x - 5, y - 5], [x + 5, y - 5], [x + 5, y + 5], [x - 5, y + 5]])
+    objects = [obj('twin', [1, 1, 1], 'disc', 10, 10), obj('twin', [1, 1, 1], 'disc', 60, 10),
+               obj('single', [2, 2, 2], 'disc', 12, 30), obj('single', [3, 3, 3], 'disc', 10, 61),
+               obj('spot_top', [9, 9, 9], 'disc', 80, 80)]
+    triples = segmentation.twin_pairs(objects)
+    # object 0: twin 1 at 50 pixels; singles at 20 and 51 -> control 3
+    assert triples[0] == (0, 1, 3)
+    assert [t[:2] for t in triples] == [(0, 1), (1, 0)]
+    masks = segmentation.patch_masks(objects, (12, 12), 8)
+    assert masks[0, 1, 1] and not masks[0, 1, 7] and masks[1, 1, 7]
+
+
+def test_translation_agreement_of_a_model_without_position_is_total(tmp_path):
+    dataset.generate(str(tmp_path), 1, [dataset.EvalSet('val_pad_1x', (96, 96), 3)])
+    model = tiny_segmenter(dict(type='mmsape.NoPositionEncoding'))
+    cfg = segmentation.seg_config('none', 0, 10, str(tmp_path / 'w'), str(tmp_path), None)
+    agreement = segmentation.translation_agreement(model, cfg, 'val_pad_1x', 3)
+    assert agreement['8,8'] == pytest.approx(100.)  # a whole-patch roll permutes the tokens
+    assert agreement['0,4'] < 100.
+
+
+# ------------------------------------------------------------------ pairing
+@HOOKS.register_module()
+class _StudyBatchRecorder(Hook):
+    """Records what each training iteration sees (test only)."""
+    seen: list = []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        model = runner.model
+        shared = torch.cat([p.detach().flatten() for n, p in model.named_parameters()
+                            if 'pos_encoding' not in n]) if batch_idx == 0 else None
+        flips = [s.flip for s in data_batch['data_samples']]
+        paths = [s.img_path for s in data_batch['data_samples']]
+        type(self).seen.append((runner.cfg.experiment_name, batch_idx, paths, flips, shared))
+
+
+def test_rows_of_a_seed_share_weights_and_batches(tmp_path):
+    """Two rows trained with one seed start from the same shared weights and
+    see the same images with the same flips; another seed does not."""
+    from mmsape.utils import build_runner, prepare_scope
+    dataset.generate(str(tmp_path / 'data'), 12, [dataset.EvalSet('val_pad_1x', (96, 96), 1)])
+    init = {s: segmentation.shared_init_checkpoint(s, str(tmp_path / f'init{s}.pth'))
+            for s in (0, 1)}
+    _StudyBatchRecorder.seen = []
+    for row, seed in (('APE', 0), ('RoPE mixed', 0), ('APE', 1)):
+        cfg = segmentation.seg_config(row, seed, 3, str(tmp_path / f'{row}{seed}'),
+                                      str(tmp_path / 'data'), init[seed])
+        cfg.custom_hooks.append(dict(type='mmsape._StudyBatchRecorder'))
+        cfg.experiment_name = f'{row}{seed}'
+        prepare_scope(cfg)
+        build_runner(copy.deepcopy(cfg)).train()
+    by_run = {}
+    for name, _, paths, flips, shared in _StudyBatchRecorder.seen:
+        by_run.setdefault(name, []).append((paths, flips, shared))
+    ape0, rope0, ape1 = by_run['APE0'], by_run['RoPE mixed0'], by_run['APE1']
+    assert [b[:2] for b in ape0] == [b[:2] for b in rope0]
+    torch.testing.assert_close(ape0[0][2], rope0[0][2], rtol=0, atol=0)
+    assert [b[0] for b in ape0] != [b[0] for b in ape1]
+    assert not torch.equal(ape0[0][2], ape1[0][2])
+
+
+# ------------------------------------------------------------------- report
+def fake_result(row: str, seed: int, miou: float, similarity: float = 90.) -> dict:
+    evaluations = []
+    for _, mode, scale, aspect in report.COLUMNS:
+        metrics = {'mIoU': miou + (seed % 3 - 1) * 0.5}
+        for group, classes in dataset.CLASS_GROUPS.items():
+            for name in classes:
+                metrics[f'IoU.{name}'] = similarity if group == 'similarity' else 95.
+        evaluations.append(dict(mode=mode, scale=scale, aspect=aspect, metrics=metrics))
+    attention = {s: [dict(layer=0, twin=0.1, control=0.05)] for s in ('1.0', '2.0')}
+    return dict(row=row, seed=seed, evaluations=evaluations,
+                translation={'8,8': 99., '0,4': 90.}, twin_attention=attention,
                 total_cpu_s=1.)
 
 
-def fake_seg_results(candidate_at: dict) -> list:
-    """Baselines at 50 mIoU (seed noise 1), the query-relative row at
-    ``candidate_at[scale]`` (same noise)."""
+def fake_results(sape_at: float) -> list:
     results = []
-    for seed, noise in enumerate((-1., 0., 1.)):
-        for name in ('APE', 'PEG', 'RoPE mixed', 'LookHere', 'qrel'):
-            miou = {s: (candidate_at[s] if name == 'qrel' else 50.) + noise
-                    for s in (1.0, 1.5, 2.0, 3.0)}
-            groups = dict(colour=90., frame=30. if name == 'qrel' else 60., relation=40.)
-            results.append(fake_seg_run(name, seed, miou, groups))
+    for seed in range(5):
+        for row in encodings.GOAL_BASELINES + ('none', ):
+            results.append(fake_result(row, seed, 50.))
+        results.append(fake_result('SaPE2 published', seed, sape_at))
     return results
 
 
-@pytest.fixture
-def goal_rows(monkeypatch):
-    use_rows(monkeypatch, {'LookHere': (dict(type='LookHere'), {}),
-                           'qrel': (dict(type='SaPE2', count_from='query'), {})})
+def test_goal_and_claims_follow_the_numbers(tmp_path):
+    met, winner = report.goal_section(fake_results(53.))
+    assert winner == 'SaPE2 published' and '**Goal met** by SaPE2 published' in '\n'.join(met)
+    # identical seed noise in every row: the paired differences have sd 0 and decide
+    _, none_win = report.goal_section(fake_results(50.))
+    assert none_win is None
+    text = report.write_report(str(tmp_path), fake_results(53.), dict(
+        protocol=QUICK_PROTOCOL.as_dict(), parts={}, machine='test'))
+    assert '**Goal met**' in text and (tmp_path / 'seg_resolution.png').exists()
+    assert '**Power target reached**' in text
+    # equal translation and attention in every row: those claims are "not shown"
+    assert '| SaPE2 published | Resolution generalization' in text
+    assert 'supported' in text and 'not shown' in text
 
 
-def test_goal_verdict_follows_the_numbers(goal_rows):
-    met = '\n'.join(report.goal_section(fake_seg_results({1.0: 50, 1.5: 50, 2.0: 53,
-                                                          3.0: 55})))
-    assert '**Goal met** by qrel' in met
-    # Higher at 3x but within the spread (2 = the sum of the two stds) at 2x: not met.
-    close = '\n'.join(report.goal_section(fake_seg_results({1.0: 50, 1.5: 50, 2.0: 51.5,
-                                                            3.0: 55})))
-    assert '**Goal not met**' in close
-    assert 'vs APE at 2x: within seed noise (+1.5 points, spread 2.0)' in close
-    assert '- vs APE at 3x' not in close  # that comparison is won
-    # Lower: the class groups say where the difference comes from.
-    lower = '\n'.join(report.goal_section(fake_seg_results({1.0: 50, 1.5: 50, 2.0: 40,
-                                                            3.0: 40})))
-    assert 'vs LookHere at 3x: lower (-10.0 points, spread 2.0)' in lower
-    assert 'colour +0.0, frame -30.0, relation +0.0' in lower
+def test_power_target_and_learnability_failures_are_reported():
+    results = fake_results(50.)
+    for result in results:  # PEG's seeds scatter: wide intervals
+        if result['row'] == 'PEG':
+            for evaluation in result['evaluations']:
+                evaluation['metrics']['mIoU'] += 10. * (result['seed'] - 2)
+            result['evaluations'][0]['metrics']['IoU.twin'] = 30.
+    text = '\n'.join(report.power_section(results, encodings.DECISION_ROWS))
+    assert '**Power target not reached**' in text and '✗' in text
+    learn, ok = report.learnability_section(results)
+    assert not ok and '30.0 ✗' in '\n'.join(learn)
 
 
-def test_one_seed_decides_nothing():
-    assert report._mark([52.], [50.]) == '+2.0 ?' and not report.beats([52.], [50.])
-    assert report._mark([52., 54.], [50., 50.]) == '+3.0 ▲'  # spread 1.41 + 0
-    assert report._mark([52., 50.], [50., 50.]) == '+1.0 ~'
-    assert 'one seed' in report._compare([52.], [50.])
-
-
-def test_goal_needs_every_row(goal_rows):
-    results = [r for r in fake_seg_results({1.0: 50, 1.5: 50, 2.0: 60, 3.0: 60})
-               if r['encoding'] != 'LookHere']
-    text = '\n'.join(report.goal_section(results))
-    assert '**Not measured by this run**' in text and 'no LookHere row' in text
-    assert '**Goal met**' not in text
-    no_candidate = [r for r in results if r['encoding'] != 'qrel']
-    assert 'no query-relative SaPE² row' in '\n'.join(report.goal_section(no_candidate))
-
-
-def test_report_tables_of_segmentation(goal_rows, tmp_path):
-    results = fake_seg_results({1.0: 52, 1.5: 50, 2.0: 48, 3.0: 46})
-    mious = report.seg_table(results, 'mIoU').split('\n')
-    assert mious[0] == '| encoding | 1x | 1.5x | 2x | 3x | drop 1x → 3x |'
-    assert mious[2].startswith('| APE | 50.0 ± 1.0 |') and mious[2].endswith('| 0.0 ± 0.0 |')
-    assert '| qrel | 52.0 ± 1.0 | 50.0 ± 1.0 | 48.0 ± 1.0 | 46.0 ± 1.0 | 6.0 ± 0.0 |' in mious
-    frame = report.seg_table(results, 'frame')
-    assert '| qrel | 30.0 ± 0.0 |' in frame
-    run = dict(command='x', wall_s=60., workers=2, machine='m',
-               protocol=jobs.QUICK_PROTOCOL.as_dict())
-    text = report.write_report(str(tmp_path), [], results, run)
-    assert '**Frame-defined classes**' in text and '**Relation-defined classes**' in text
-    assert (tmp_path / 'seg_resolution.png').stat().st_size > 0
-
-
-def test_run_jobs_saves_resumes_and_reports_failures(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run_job(job, protocol, paths):
-        calls.append(job.key)
-        if job.encoding == 'PEG':
-            raise RuntimeError('diverged')
-        return dict(encoding=job.encoding, seed=job.seed, total_s=0.,
-                    acc={'24x24': 50.}, training=job.training)
-
-    monkeypatch.setattr(jobs, 'run_job', fake_run_job)
-    planned = jobs.plan_jobs(jobs.QUICK_PROTOCOL, ['APE', 'PEG'], [])
-    assert [j.key for j in planned] == [
-        'digits_centred_APE_s0', 'digits_centred_PEG_s0', 'digits_shifted_APE_s0',
-        'digits_shifted_PEG_s0']
-    lines = []
-    results, failures = jobs.run_jobs(planned, jobs.QUICK_PROTOCOL, {}, str(tmp_path),
-                                      workers=1, log=lines.append)
-    assert [r['encoding'] for r in results] == ['APE', 'APE']
-    assert len(failures) == 2 and 'diverged' in failures[0]
-    saved = json.loads((tmp_path / 'digits_centred_APE_s0.json').read_text())
-    assert saved['result']['encoding'] == 'APE'
-    # Resumed: only the failed jobs run again; another protocol reruns everything.
-    calls.clear()
-    jobs.run_jobs(planned, jobs.QUICK_PROTOCOL, {}, str(tmp_path), workers=1, resume=True,
-                  log=lines.append)
-    assert sorted(calls) == ['digits_centred_PEG_s0', 'digits_shifted_PEG_s0']
-    calls.clear()
-    longer = jobs.StudyProtocol(**dict(jobs.QUICK_PROTOCOL.as_dict(), digits_epochs=2))
-    jobs.run_jobs(planned, longer, {}, str(tmp_path), workers=1, resume=True,
-                  log=lines.append)
-    assert len(calls) == 4
-    assert jobs.plan_jobs(jobs.QUICK_PROTOCOL, ['none'], ['APE'])[0].part == 'seg'
-
-
+# ---------------------------------------------------------------------- CLI
 def test_quick_study_end_to_end(tmp_path):
     """The CLI with two worker processes: jobs, JSON, run record, report and
-    plots; then --part report rewrites the report from the JSON alone."""
+    figure; --part report rewrites the report from the JSON alone; --resume
+    reruns nothing."""
     tool = load_script('projects/pe_study/run.py')
     out, work = tmp_path / 'out', tmp_path / 'work'
-    argv = ['--quick', '--training', 'shifted', '--encodings', 'none', '--out', str(out),
-            '--work-dir', str(work)]
+    argv = ['--quick', '--out', str(out), '--work-dir', str(work)]
     assert tool.main(argv) == 0
-    seg = json.loads((out / 'seg_results.json').read_text())
-    digits = json.loads((out / 'digits_results.json').read_text())
-    assert [r['encoding'] for r in seg] == ['APE'] and len(digits) == 1
-    assert digits[0]['training'] == 'shifted'
-    metrics = {row['metric'] for row in seg[0]['sweep']}
-    assert {'mIoU', 'aAcc'} | {f'IoU.{c}' for c in SEG_CLASSES} <= metrics
-    assert sorted({row['scale'] for row in seg[0]['sweep']}) == [1.0, 1.5]
+    results = json.loads((out / 'seg_results.json').read_text())
+    assert sorted(r['row'] for r in results) == ['PEG', 'none']
+    evaluations = {(e['mode'], e['scale']) for e in results[0]['evaluations']}
+    assert ('pad', 1.0) in evaluations and ('resize', 1.5) in evaluations
+    assert set(results[0]['translation']) == {'8,8', '0,4'}
+    assert results[0]['twin_attention']['1.0'][0].keys() == {'layer', 'twin', 'control'}
     text = (out / 'README.md').read_text()
-    assert 'Shifted training' in text and '**Not measured by this run**' in text
+    assert '## Goal' in text and '## Power' in text and (out / 'seg_resolution.png').exists()
     run = json.loads((out / 'run.json').read_text())
-    assert run['workers'] == 2
-    assert set(run['seg_data']['upper_half_share']['val']) >= {'spot_top', 'above_anchor'}
-    assert 'Share of the validation regions' in text
+    assert run['parts']['all']['workers'] == 2 and run['data']['objects']['training']
     (out / 'README.md').unlink()
     assert tool.main(['--part', 'report', '--out', str(out)]) == 0
     assert (out / 'README.md').read_text() == text
-    assert np.isfinite(seg[0]['total_cpu_s'])
+    assert tool.main(argv + ['--resume']) == 0
+    again = json.loads((out / 'seg_results.json').read_text())
+    assert [r['total_s'] for r in again] == [r['total_s'] for r in results]
+
+
+def test_rows_come_from_config_files():
+    for row in encodings.ROWS:
+        for name in encodings.ROWS[row][0]:
+            assert encodings.config_path(name).endswith(f'{name}.py')
+    assert encodings.row_settings('SaPE2 qrel lookup+PEG')[0] == [
+        dict(type='mmsape.SaPE2', count_from='query', bias='lookup'), dict(type='mmsape.PEG')]
+    assert encodings.is_query_relative_sape2('SaPE2 qrel distance+PEG')
+    assert not encodings.is_query_relative_sape2('SaPE2 published')
+    with pytest.raises(ValueError, match='Unknown study rows'):
+        encodings.check_rows(['PEG', 'nope'])
+    assert set(encodings.GOAL_BASELINES) <= set(encodings.DECISION_ROWS)

@@ -17,7 +17,7 @@ classes = ('background', 'green_blob', 'cyan_anchor', 'spot_top', 'spot_bottom',
 palette = [[120, 120, 120], [0, 200, 0], [0, 220, 220], [255, 140, 0], [140, 70, 20],
            [220, 20, 60], [30, 144, 255], [255, 105, 180], [148, 0, 211]]
 embed_dims = 96
-max_iters = 600
+max_iters = 1500
 
 model = dict(
     type='EncoderDecoder',
@@ -92,7 +92,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(
     type='OptimWrapper',
     constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}),
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [

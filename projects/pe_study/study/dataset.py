@@ -8,8 +8,8 @@ only position, or the rest of the image, tells the classes apart:
 * **colour**: ``background``; ``green_blob`` (green, anywhere); ``cyan_anchor``.
 * **frame** (absolute position): an orange spot is ``spot_top`` when it lies in the
   upper half of the image, ``spot_bottom`` in the lower half (:func:`frame_label`).
-  Spots lie in the band of :data:`FRAME_BAND` pixels along the top or the bottom
-  edge: the frame must be found, but it is near (a 3x3 convolution with zero
+  Spots lie :data:`FRAME_GAP` pixels from the top or the bottom edge: the frame
+  must be found, but it is near (a 3x3 convolution with zero
   padding, PEG, sees only one patch beyond a token, so spots anywhere in their
   half would be out of its reach at any training length).
 * **relation** (a neighbour's relative position): a violet blob directly above or
@@ -65,8 +65,8 @@ RADIUS = (8.0, 11.0)
 #: Objects per training-canvas area: frame spots, relation pairs, twin pairs,
 #: singles, green blobs (the last drawn from 0..n).
 UNIT_CONTENT = dict(spots=1, pairs=2, twins=1, singles=1, greens=1)
-#: Height of the bands along the top and bottom edges where frame spots lie.
-FRAME_BAND = 24.0
+#: Pixels between a frame spot and the top or bottom edge (uniform in this range).
+FRAME_GAP = (2.0, 5.0)
 #: Radius of every pastel object: a twin pair covers twice a single's area.
 PASTEL_RADIUS = 9.5
 #: Pastel identities: hues (equally spaced) times shapes.
@@ -241,28 +241,21 @@ def sample_shapes(rng: np.random.Generator, height: int, width: int) -> List[Dem
     for (hue_bin, k), is_pair in pastel:
         colour = hsv(offset + hue_bin * 360. / NUM_HUES, rng.uniform(.35, .45),
                      rng.uniform(.92, 1.))
-        r = PASTEL_RADIUS
         if is_pair:
-            def twins():
-                (ax, ay), (bx, by) = placer.centre(r), placer.centre(r)
-                if math.hypot(ax - bx, ay - by) < MIN_TWIN_DISTANCE:
-                    return None
-                return [DemoShape(polygon(k, ax, ay, r), colour, 'twin', k),
-                        DemoShape(polygon(k, bx, by, r), colour, 'twin', k)]
-            placer.try_place(twins, attempts=300)
+            placer.try_place(lambda k=k, colour=colour: _twins(placer, k, colour), attempts=300)
         else:
-            placer.try_place(lambda: [DemoShape(polygon(k, *placer.centre(r), r), colour,
-                                                'single', k)])
-    # Frame spots: wholly inside one half, their centre clear of the midline.
+            placer.try_place(lambda k=k, colour=colour: [DemoShape(
+                polygon(k, *placer.centre(PASTEL_RADIUS), PASTEL_RADIUS), colour, 'single', k)])
+    # Frame spots: a few pixels from the top or the bottom edge.
     for _ in range(counts['spots']):
         def spot():
             r, k = radius(), kind()
-            top = bool(rng.integers(2))
-            half = (0., FRAME_BAND) if top else (height - FRAME_BAND, float(height))
-            cx, cy = placer.centre(r, half)
-            return [DemoShape(polygon(k, cx, cy, r), hsv(rng.uniform(*_FRAME_HUE),
-                                                         rng.uniform(.75, 1.), rng.uniform(.85, 1.)),
-                              frame_label(cy, height), k)]
+            half_height = (polygon(k, 0., 0., r)[:, 1].max())
+            gap = rng.uniform(*FRAME_GAP)
+            cy = gap + half_height if rng.integers(2) else height - gap - half_height
+            cx, _ = placer.centre(r)
+            colour = hsv(rng.uniform(*_FRAME_HUE), rng.uniform(.75, 1.), rng.uniform(.85, 1.))
+            return [DemoShape(polygon(k, cx, cy, r), colour, frame_label(cy, height), k)]
         placer.try_place(spot)
     for _ in range(counts['greens']):
         def green():
@@ -272,6 +265,15 @@ def sample_shapes(rng: np.random.Generator, height: int, width: int) -> List[Dem
                                   rng.uniform(.75, 1.)), 'green_blob', k)]
         placer.try_place(green)
     return _relabel_similarity(placer.shapes)
+
+
+def _twins(placer: _Placer, kind: str, colour) -> Optional[List[DemoShape]]:
+    """Two identical pastel objects at least :data:`MIN_TWIN_DISTANCE` apart."""
+    (ax, ay), (bx, by) = placer.centre(PASTEL_RADIUS), placer.centre(PASTEL_RADIUS)
+    if math.hypot(ax - bx, ay - by) < MIN_TWIN_DISTANCE:
+        return None
+    return [DemoShape(polygon(kind, x, y, PASTEL_RADIUS), colour, 'twin', kind)
+            for x, y in ((ax, ay), (bx, by))]
 
 
 def _relabel_similarity(shapes: List[DemoShape]) -> List[DemoShape]:
@@ -307,7 +309,7 @@ def generate(root: str, num_train: int, eval_sets: Sequence[EvalSet], seed: int 
     layout, PNG images and label maps; ``objects/<folder>.json`` lists each image's
     objects: label, shape, colour, polygon); return the manifest, also saved as
     ``<root>/manifest.json``. A folder with the same manifest is left as it is."""
-    manifest = dict(version=3, seed=seed, num_train=num_train, train_canvas=TRAIN_CANVAS,
+    manifest = dict(version=4, seed=seed, num_train=num_train, train_canvas=TRAIN_CANVAS,
                     classes=CLASSES, unit_content=UNIT_CONTENT, radius=RADIUS,
                     eval_sets=[dict(name=s.name, canvas=s.canvas, num_images=s.num_images)
                                for s in eval_sets])

@@ -310,9 +310,10 @@ def twin_attention_table(results, rows) -> List[str]:
         cells = []
         for scale in ('1.0', '2.0'):
             for which in ('twin', 'control'):
-                cells.append(mean_sd(per_seed(results, row,
-                                              lambda r: twin_mass(r, scale, which)).values()))
-            last = per_seed(results, row, lambda r: twin_mass(r, scale, 'twin', layer=-1))
+                cells.append(mean_sd(per_seed(
+                    results, row, lambda r, s=scale, w=which: twin_mass(r, s, w)).values()))
+            last = per_seed(results, row,
+                            lambda r, s=scale: twin_mass(r, s, 'twin', layer=-1))
             cells.append(mean_sd(last.values()))
         lines.append([row] + cells)
     return table(['row', 'twin 1x', 'control 1x', 'twin 1x, last block', 'twin 2x',
@@ -346,7 +347,8 @@ def plot_resolution(results, rows, path: str) -> None:
             ax.errorbar(scales, means, yerr=sds, marker='o', capsize=2,
                         color=cmap(index % cmap.N), ls='--' if uses_sape2(row) else '-',
                         label=row)
-        ax.set_title(f'{mode}: {"larger canvas, same object scale" if mode == "pad" else "image scaled up"}')
+        ax.set_title(f'{mode}: ' + ('larger canvas, same object scale' if mode == 'pad'
+                                    else 'image scaled up'))
         ax.set_xlabel('scale (side, vs training)')
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('mIoU (mean ± sd over seeds)')
@@ -369,7 +371,7 @@ def write_report(out: str, results: Sequence[Result], run: dict) -> str:
             'recorded here (JSON: `seg_results.json`, `run.json`). Do not edit by hand: '
             'rerun the command.', '',
             '## Command, machine, protocol and budget', '']
-    for part, info in run.get('parts', {}).items():
+    for info in run.get('parts', {}).values():
         text.append(f'- `{info["command"]}`: {info["jobs"]} trainings, '
                     f'{info["wall_s"] / 60:.1f} min on {info["workers"]} single-thread '
                     f'worker process(es)')

@@ -122,6 +122,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
     initialisation's log is not printed)."""
     from mmengine.logging import MMLogger
     from mmseg.registry import MODELS
+
     from mmsape.utils import prepare_scope
     prepare_scope(cfg)
     MMLogger.get_instance('pe_study_init', log_level='ERROR')  # the 'current' logger
@@ -185,12 +186,12 @@ def translation_agreement(model: torch.nn.Module, cfg: Config, folder: str,
                           shifts: Sequence[Tuple[int, int]] = TRANSLATION_SHIFTS) -> dict:
     """Percent of pixels whose predicted class is the same when the input image
     is rolled circularly by ``(dy, dx)`` pixels and the prediction rolled back,
-    for each shift (1x validation images, pixels more than a patch from the
-    border): 100 for an equivariant segmenter (a whole-patch roll of a model
+    for each shift (1x validation images, pixels more than two patches from
+    the border): 100 for an equivariant segmenter (a whole-patch roll of a model
     without position encoding)."""
     from mmengine.runner import Runner
     agree = {shift: [0, 0] for shift in shifts}
-    margin = model.backbone.patch_size
+    margin = 2 * model.backbone.patch_size
     with DefaultScope.overwrite_default_scope('mmseg'):
         loader = Runner.build_dataloader(test_loader_cfg(cfg, folder, num_images=num_images))
         model.eval()
@@ -203,9 +204,9 @@ def translation_agreement(model: torch.nn.Module, cfg: Config, folder: str,
                     back = [torch.roll(p, (-dy, -dx), dims=(-2, -1))
                             for p in _predictions(model, rolled)]
                     for a, b in zip(plain, back):
-                        # Pixels within a patch of the border are left out: there the
-                        # upsampled logits of the rolled input mix both sides of the
-                        # seam, whatever the encoding.
+                        # Pixels within two patches of the border are left out: there
+                        # the upsampled logits of the rolled input mix both sides of
+                        # the seam or are clamped at the edge, whatever the encoding.
                         m = margin
                         same = a[m:-m, m:-m] == b[m:-m, m:-m]
                         agree[(dy, dx)][0] += int(same.sum())
