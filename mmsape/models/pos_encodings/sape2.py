@@ -70,7 +70,7 @@ from mmsape.registry import POS_ENCODINGS
 from .base import AttentionBiasPositionEncoding, TokenGrid
 
 EMBED_WITH_CHOICES = ('query', 'key')
-TABLE_VALUES_CHOICES = ('embeddings', 'head_scalars')
+TABLE_VALUES_CHOICES = ('embeddings', 'head_scalars', 'parabola')
 POSITION_MODE_CHOICES = ('clamp', 'relative')
 
 
@@ -129,11 +129,17 @@ class SaPE2(AttentionBiasPositionEncoding):
             shared by the heads and read as ``u_i . e[t]``, as published.
             ``'head_scalars'``: one scalar per head and position, the logit
             itself (with ``count_from='query'`` and ``bias='lookup'``: a
-            contextual relative-position bias). Defaults to ``'embeddings'``.
+            contextual relative-position bias). ``'parabola'``: no table, two
+            vectors ``w_a, w_b`` of head_dim per axis that read any count ``r``
+            as ``-softplus(u_i . w_a) r^2 + (u_i . w_b) r`` (PaPE's form; counts
+            are never clamped and ``num_positions`` is unused;
+            ``position_mode='relative'`` divides them by the line length;
+            docs/method.md, section 9).
+            Defaults to ``'embeddings'``.
         table_std (float, optional): Std of the truncated-normal initialisation
             of the tables. None: 0.2 for ``bias='lookup'`` (clearly better than
-            0.02 in mmsape's design sweep, ``tools/analysis/sape2_design_sweep.py``),
-            0.02 otherwise (the authors'). Defaults to None.
+            0.02 in the earlier digits design sweep), 0.02 otherwise (the
+            authors'). Defaults to None.
         scale_gates (bool): Gate logits ``q.k / sqrt(d)`` as in the reference
             code; False uses ``q.k`` as in the paper's equation. Defaults to True.
         gate_temperature (float): Divides the gate logits, ``sigmoid(q.k /
@@ -324,8 +330,10 @@ class SaPE2(AttentionBiasPositionEncoding):
     @property
     def table_shape(self) -> Tuple[int, int]:
         """``(T, C)`` of each axis' table: T rows (M, or 2M-1 signed), C values."""
+        if self.table_values == 'parabola':
+            return 2, self.head_dims  # w_a, w_b
         rows = 2 * self.num_positions - 1 if self.count_from == 'query' else self.num_positions
-        values = self.head_dims if self.table_values == 'embeddings' else self.num_heads
+        values = self.num_heads if self.table_values == 'head_scalars' else self.head_dims
         return rows, values
 
     def reset_tables(self) -> None:
@@ -410,10 +418,11 @@ class SaPE2(AttentionBiasPositionEncoding):
         gate_scale = (self.head_dims**-0.5 if self.scale_gates else 1.) / self.gate_temperature
         with torch.autocast(device_type=q.device.type, enabled=False):
             tables = self.position_tables[str(layer_index)].to(dtype)
-            embed_with = self.embed_with if self.table_values == 'embeddings' else None
+            embed_with = None if self.table_values == 'head_scalars' else self.embed_with
+            reading = 'parabola' if self.table_values == 'parabola' else 'table'
             return sape_vectors(q.to(dtype), k.to(dtype), tables, grid.height, grid.width,
                                 grid.num_prefix, embed_with, gate_scale, self.position_mode,
-                                self.count_from, pad_mask)
+                                self.count_from, pad_mask, reading)
 
     def distance_vectors(self, layer_index: int, q: Tensor, k: Tensor,
                          grid: TokenGrid) -> List[Tensor]:

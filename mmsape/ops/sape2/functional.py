@@ -156,10 +156,28 @@ def table_logits(embed_source: Optional[Tensor], table: Tensor, like: Tensor) ->
     return per_head.expand(batch, heads, *rest, -1)
 
 
+def parabola_logits(embed_source: Tensor, coefficients: Tensor, positions: Tensor) -> Tensor:
+    """Contextual positions read by a parabola instead of a table (mmsape's
+    extension, in PaPE's form): ``z_i(r) = -softplus(u_i . w_a) r^2 + (u_i . w_b) r``.
+
+    Args:
+        embed_source (Tensor): ``(B, heads, ..., L, d)``, the ``u`` of each token.
+        coefficients (Tensor): ``(2, d)``: ``w_a`` (curvature) and ``w_b`` (slope).
+        positions (Tensor): ``(B, heads, ..., L, L)`` contextual positions, not
+            clamped: a parabola is defined at every count.
+
+    Returns:
+        Tensor: ``(B, heads, ..., L, L)``.
+    """
+    curvature, slope = torch.matmul(embed_source, coefficients.transpose(0, 1)).unbind(-1)
+    return (-F.softplus(curvature)[..., None] * positions + slope[..., None]) * positions
+
+
 def axis_sape_vectors(queries: Tensor, keys: Tensor, embed_source: Optional[Tensor],
                       table: Tensor, gate_scale: float, position_mode: str,
                       count_from: str = 'row_end',
-                      key_weights: Optional[Tensor] = None) -> Tensor:
+                      key_weights: Optional[Tensor] = None,
+                      reading: str = 'table') -> Tensor:
     """SaPE vectors of every token along one axis.
 
     Args:
@@ -175,11 +193,20 @@ def axis_sape_vectors(queries: Tensor, keys: Tensor, embed_source: Optional[Tens
         count_from (str): See :func:`contextual_positions`. Defaults to
             ``'row_end'``.
         key_weights (Tensor, optional): See :func:`contextual_positions`.
+        reading (str): ``'table'``: interpolate the table (the paper's way).
+            ``'parabola'``: ``table`` is ``(2, d)`` parabola coefficients
+            (:func:`parabola_logits`); positions are then only rescaled by
+            ``position_mode='relative'``, never clamped. Defaults to ``'table'``.
 
     Returns:
         Tensor: ``(B, heads, lines, L, L)``; ``[..., i, :]`` is token i's vector.
     """
     line_length = queries.shape[-2]
+    if reading == 'parabola':
+        positions = contextual_positions(queries, keys, gate_scale, count_from, key_weights)
+        if position_mode == 'relative':
+            positions = positions / line_length
+        return parabola_logits(embed_source, table, positions)
     signed = count_from == 'query'
     num_positions = (table.shape[0] + 1) // 2 if signed else table.shape[0]
     positions = table_positions(
@@ -191,7 +218,8 @@ def axis_sape_vectors(queries: Tensor, keys: Tensor, embed_source: Optional[Tens
 def sape_vectors(q: Tensor, k: Tensor, tables: Tensor, height: int, width: int,
                  num_prefix: int, embed_with: Optional[str], gate_scale: float,
                  position_mode: str, count_from: str = 'row_end',
-                 pad_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                 pad_mask: Optional[Tensor] = None,
+                 reading: str = 'table') -> Tuple[Tensor, Tensor]:
     """SaPE vectors of the patch tokens along x and y.
 
     Args:
@@ -211,6 +239,7 @@ def sape_vectors(q: Tensor, k: Tensor, tables: Tensor, height: int, width: int,
             ``'row_end'``.
         pad_mask (Tensor, optional): ``(B, H, W)`` bool, True on padding cells,
             whose gates are 0. Defaults to None.
+        reading (str): See :func:`axis_sape_vectors`. Defaults to ``'table'``.
 
     Returns:
         tuple[Tensor, Tensor]: ``(B, heads, H*W, W)`` x vectors and
@@ -221,12 +250,12 @@ def sape_vectors(q: Tensor, k: Tensor, tables: Tensor, height: int, width: int,
     rows_u = {'query': rows_q, 'key': rows_k, None: None}[embed_with]
     row_weights = None if pad_mask is None else (~pad_mask).to(q.dtype).unsqueeze(1)
     x_vectors = axis_sape_vectors(rows_q, rows_k, rows_u, tables[0], gate_scale,
-                                  position_mode, count_from, row_weights)
+                                  position_mode, count_from, row_weights, reading)
     cols_q, cols_k = (t.transpose(-3, -2) for t in (rows_q, rows_k))
     cols_u = None if rows_u is None else rows_u.transpose(-3, -2)
     col_weights = None if row_weights is None else row_weights.transpose(-2, -1)
     y_vectors = axis_sape_vectors(cols_q, cols_k, cols_u, tables[1], gate_scale,
-                                  position_mode, count_from, col_weights)
+                                  position_mode, count_from, col_weights, reading)
     # y vectors come out as (column, row, H); put tokens back in row-major order.
     return x_vectors.flatten(-3, -2), y_vectors.transpose(-3, -2).flatten(-3, -2)
 

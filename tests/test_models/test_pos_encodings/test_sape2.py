@@ -771,3 +771,73 @@ def test_table_init_defaults_by_form():
     assert abs(lookup.std().item() - 0.2) < 0.02
     assert abs(chosen.position_tables['0'].std().item() - 0.05) < 0.005
     assert SaPE2(table_std=0., **options).position_tables['0'].abs().max() == 0
+
+
+def naive_parabola_bias(q, k, coefficients, height, width, num_prefix):
+    """``table_values='parabola'`` from the equations, by loops: the signed gated
+    count r between the query and each key along its row (x) and its column (y),
+    read as ``-softplus(q . w_a) r^2 + (q . w_b) r`` per axis; prefix rows and
+    columns 0."""
+    batch, heads, tokens, dims = q.shape
+    bias = q.new_zeros(batch, heads, tokens, tokens)
+
+    def count(b, h, u, cells):
+        return sum((torch.sigmoid(u @ k[b, h, num_prefix + c] / math.sqrt(dims))
+                    for c in cells), q.new_zeros(()))
+
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(height):
+                for j in range(width):
+                    u = q[b, h, num_prefix + i * width + j]
+                    terms = [(torch.nn.functional.softplus(u @ w_a), u @ w_b)
+                             for w_a, w_b in coefficients]
+                    for i2 in range(height):
+                        for j2 in range(width):
+                            rx = (count(b, h, u, [i * width + m for m in range(j + 1, j2 + 1)])
+                                  - count(b, h, u, [i * width + m for m in range(j2, j)]))
+                            ry = (count(b, h, u, [m * width + j for m in range(i + 1, i2 + 1)])
+                                  - count(b, h, u, [m * width + j for m in range(i2, i)]))
+                            value = sum(-a * r * r + s * r for (a, s), r in zip(terms, (rx, ry)))
+                            bias[b, h, num_prefix + i * width + j,
+                                 num_prefix + i2 * width + j2] = value
+    return bias
+
+
+@pytest.mark.parametrize('impl', ['auto', 'dense', 'fused'])
+def test_parabola_reading_matches_the_equations(impl):
+    """``table_values='parabola'`` (mmsape's extension): attention and gradients
+    equal softmax(q.k / sqrt(d) + naive bias) v, on a non-square grid with a
+    class token."""
+    torch.manual_seed(0)
+    sape = SaPE2(embed_dims=16, num_heads=2, num_layers=1, count_from='query', bias='lookup',
+                 table_values='parabola', impl=impl)
+    assert sape.position_tables['0'].shape == (2, 2, 8)  # axes, (w_a, w_b), head dim
+    grid = TokenGrid(3, 4, 1)
+    q, k, v = (torch.randn(1, 2, 13, 8, requires_grad=True) for _ in range(3))
+    out = sape.attention(0, q, k, v, grid)
+    out.square().sum().backward()
+    coefficients = sape.position_tables['0']
+    grads = [t.grad.clone() for t in (q, k, v, coefficients)]
+    for t in (q, k, v, coefficients):
+        t.grad = None
+    q64, k64, v64, c64 = (t.detach().double().requires_grad_() for t in (q, k, v, coefficients))
+    bias = naive_parabola_bias(q64, k64, c64, 3, 4, 1)
+    expected = torch.softmax(q64 @ k64.transpose(-1, -2) / math.sqrt(8) + bias, -1) @ v64
+    expected.square().sum().backward()
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+    for got, want in zip(grads, (q64.grad, k64.grad, v64.grad, c64.grad)):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-3)
+
+
+def test_parabola_reading_does_not_saturate():
+    """Counts beyond M-1 are read by the parabola, not clamped as table positions are."""
+    sape = SaPE2(embed_dims=8, num_heads=1, num_layers=1, count_from='query', bias='lookup',
+                 table_values='parabola', num_positions=10)
+    grid = TokenGrid(1, 30, 0)
+    q = torch.full((1, 1, 30, 8), 3.)  # q.k / sqrt(d) = 25: every gate is 1
+    x_vectors, _ = sape.layer_vectors(0, q, q, grid)
+    w_a, w_b = sape.position_tables['0'][0]
+    curvature = torch.nn.functional.softplus(q[0, 0, 0] @ w_a)
+    expected = -curvature * 29**2 + (q[0, 0, 0] @ w_b) * 29
+    torch.testing.assert_close(x_vectors[0, 0, 0, 29], expected, rtol=1e-4, atol=1e-3)
