@@ -20,7 +20,9 @@ BACKBONE = dict(embed_dims=16, num_heads=2, num_layers=4)
 GRID = TokenGrid(2, 3, num_prefix=1)
 ATTENTION_ENCODINGS = [dict(type='CoPE1D'), dict(type='RoPE2D'), dict(type='RoPE2D', mode='mixed'),
                        dict(type='SaPE2', impl='dense'), dict(type='SaPE2', impl='chunked'),
-                       dict(type='ALiBi2D'), dict(type='LookHere')]
+                       dict(type='ALiBi2D'), dict(type='LookHere'),
+                       dict(type='PaPE', parabolas=2, prefix_position='none'),
+                       dict(type='PaPE', parabolas=2, prefix_position='none', impl='dense')]
 BIAS_ENCODINGS = [cfg for cfg in ATTENTION_ENCODINGS if cfg['type'] != 'RoPE2D']
 
 
