@@ -323,8 +323,8 @@ class PaPE(AttentionBiasPositionEncoding):
         convention): ``b_ij / sqrt(d)``, since PaPE scales its bias with the
         dot product; ``-inf`` where an image or prefix query meets a padding
         key. In the compute dtype (float32 for half inputs). ``q`` and ``k``
-        give only the head dim and batch; the bias depends on the grid and the
-        tokens.
+        are only checked against the grid; the bias depends on the grid and
+        the tokens alone.
         """
         self._check_inputs(layer_index, q, grid, tokens)
         query_factors, key_factors = self.parabola_factors(layer_index, grid, tokens)
