@@ -75,9 +75,12 @@ ENCODINGS: Dict[str, Tuple[str, object]] = {
     'rope_normalized': ('2D RoPE, DINOv3 normalised coords (rescale 2)',
                         dict(type='RoPE2D', normalize_coords='separate', rescale_coords=2.)),
     'lookhere': ('LookHere LH-180', dict(type='LookHere')),
+    'pape': ('PaPE, 50 parabolas (SDPA on augmented q/k)', dict(type='PaPE')),
+    'pape_ri': ('PaPE-RI (SDPA on augmented q/k)', dict(type='PaPE', rotation_invariant=True)),
     'ape_window': ('learned APE, ViTDet windows', dict(type='LearnedAPE')),
     'sape2_window': ('SaPE² exact, ViTDet windows', dict(type='SaPE2')),
     'lookhere_window': ('LookHere LH-180, ViTDet windows', dict(type='LookHere')),
+    'pape_window': ('PaPE, ViTDet windows', dict(type='PaPE')),
     'query_distance': ("query-relative SaPE², distance, impl='auto'",
                        dict(type='SaPE2', count_from='query')),
     'lookup': ("query-relative SaPE², lookup, impl='auto'",
@@ -102,6 +105,7 @@ WINDOW_OPTIONS = dict(window_size=14, global_attn_indexes=(2, 5, 8, 11), with_cl
 #: name -> extra PosEncViT arguments.
 BACKBONE_OPTIONS = {'ape_window': WINDOW_OPTIONS, 'sape2_window': WINDOW_OPTIONS,
                     'lookhere_window': WINDOW_OPTIONS, 'lookup_window': WINDOW_OPTIONS,
+                    'pape_window': WINDOW_OPTIONS,
                     'ape_window_compiled': WINDOW_OPTIONS, 'sape2_window_compiled': WINDOW_OPTIONS}
 REFERENCE = 'ape'
 Results = Dict[int, Dict[str, Dict[str, float]]]

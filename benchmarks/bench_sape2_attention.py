@@ -1,4 +1,5 @@
-"""Latency and peak memory of one ViT-S attention layer with SaPE² implementations.
+"""Latency and peak memory of one ViT-S attention layer with SaPE² implementations
+and the other attention-level encodings.
 
 Compares, for ``--tokens`` patch tokens on a square grid (196 -> 14x14) plus
 ``--num-prefix`` class tokens, one layer of ViT-S attention (embed 384, 6 heads,
@@ -26,10 +27,16 @@ head dim 64, batch 1) computed by:
   as FlexAttention has no backward on CPU);
 * ``rope``: 2D RoPE (mixed), rotations of q and k, then SDPA;
 * ``peg``: SDPA plus PEG's depthwise 3x3 convolution over the layer's tokens
-  (PEG acts between blocks; this is its per-layer cost).
+  (PEG acts between blocks; this is its per-layer cost);
+* ``pape``: PaPE (50 parabolas per head, the authors' default) by SDPA on q and
+  k augmented with 3 * 50 + 2 columns (head width 64 -> 216), float32;
+* ``pape_ri``: PaPE-RI (one parabola per head over fixed scales), the same
+  with 5 columns (64 -> 72).
 
-The SaPE vectors (gates, positions, table reads) are part of every SaPE² case;
-the q/k/v projections are not (they are the same for all). Forward is timed
+The SaPE vectors (gates, positions, table reads) are part of every SaPE² case,
+PaPE's curvature / slope projection of the layer's tokens and its augmented
+columns of every PaPE case; the q/k/v projections are not (they are the same
+for all). Forward is timed
 under ``torch.no_grad()`` (inference); forward+backward backpropagates into q,
 k, v and the tables. Each is run once before it is timed.
 
@@ -67,7 +74,7 @@ from benchmarks._measure import (  # noqa: E402
 
 METHODS = ('sdpa', 'dense', 'chunked', 'chunked_python', 'squared_chunked', 'fused',
            'query_distance', 'lookup', 'lookup_python', 'lookup_fused', 'lookup_flex', 'rope',
-           'peg')
+           'peg', 'pape', 'pape_ri')
 METHOD_LABELS = {
     'sdpa': 'plain SDPA (no PE)',
     'dense': 'SaPE² exact, dense (paper-style)',
@@ -82,7 +89,11 @@ METHOD_LABELS = {
     'lookup_flex': 'query-relative SaPE², lookup, FlexAttention',
     'rope': '2D RoPE mixed',
     'peg': 'PEG (SDPA + its 3x3 depthwise conv)',
+    'pape': 'PaPE, 50 parabolas (SDPA on augmented q/k)',
+    'pape_ri': 'PaPE-RI (SDPA on augmented q/k)',
 }
+#: method -> PaPE options.
+PAPE_OPTIONS = {'pape': dict(), 'pape_ri': dict(rotation_invariant=True)}
 #: method -> SaPE2 options.
 SAPE2_OPTIONS = {
     'dense': dict(impl='dense'),
@@ -143,7 +154,7 @@ def python_kernel_only(enabled: bool):
 def make_case(method: str, tokens: int,
               args: argparse.Namespace) -> Tuple[Callable[[], None], Callable[[], None]]:
     """Inputs and the two closures to measure: forward and forward+backward."""
-    from mmsape.models.pos_encodings import PEG, RoPE2D, SaPE2
+    from mmsape.models.pos_encodings import PEG, PaPE, RoPE2D, SaPE2
     from mmsape.models.pos_encodings.base import TokenGrid
 
     side = math.isqrt(tokens)
@@ -163,9 +174,12 @@ def make_case(method: str, tokens: int,
     elif method == 'peg':
         # In the tokens' dtype: a convolution takes no mixed dtypes.
         module = PEG(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1).to(device, dtype)
-        # PEG works on the block's (B, N, C) tokens, not inside attention.
-        tokens_in = torch.randn(1, grid.num_tokens, EMBED_DIMS, device=device,
-                                dtype=dtype).requires_grad_()
+    elif method in PAPE_OPTIONS:
+        module = PaPE(embed_dims=EMBED_DIMS, num_heads=NUM_HEADS, num_layers=1,
+                      **PAPE_OPTIONS[method]).to(device)
+    # PEG works on the block's (B, N, C) tokens; PaPE reads them inside attention.
+    tokens_in = torch.randn(1, grid.num_tokens, EMBED_DIMS, device=device,
+                            dtype=dtype).requires_grad_()
 
     def attend():
         if method == 'sdpa':
@@ -175,7 +189,7 @@ def make_case(method: str, tokens: int,
             encoded = module.after_block(0, tokens_in, grid)  # (1, N, C): split into heads
             return out + encoded.unflatten(-1, (NUM_HEADS, -1)).transpose(1, 2)
         with python_kernel_only(method in PYTHON_KERNEL):
-            return module.attention(0, q, k, v, grid)
+            return module.attention(0, q, k, v, grid, tokens=tokens_in)
 
     def forward():
         with torch.no_grad():
@@ -183,7 +197,7 @@ def make_case(method: str, tokens: int,
 
     def forward_backward():
         attend().backward(grad_out)
-        for tensor in (q, k, v):
+        for tensor in (q, k, v, tokens_in):
             tensor.grad = None
         if module is not None:
             module.zero_grad(set_to_none=True)

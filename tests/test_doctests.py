@@ -12,6 +12,7 @@ MODULES = [
     'mmsape.models.pos_encodings.rope',
     'mmsape.models.pos_encodings.cope',
     'mmsape.models.pos_encodings.lookhere',
+    'mmsape.models.pos_encodings.pape',
     'mmsape.models.pos_encodings.grid_cache',
     'mmsape.models.pos_encodings.sape2',
     'mmsape.models.utils.vit_pretrained',

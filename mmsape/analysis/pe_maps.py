@@ -44,14 +44,21 @@ def token_grid(backbone: nn.Module, images: Tensor) -> TokenGrid:
 
 
 @torch.no_grad()
-def capture_qk(backbone: nn.Module, images: Tensor, layer: int) -> Tuple[Tensor, Tensor]:
-    """``q, k`` of block ``layer``, ``(B, heads, P + H*W, d)``, before any rotation."""
+def capture_attention_inputs(backbone: nn.Module, images: Tensor,
+                             layer: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """``q, k`` of block ``layer``, ``(B, heads, P + H*W, d)``, before any rotation,
+    and the ``(B, P + H*W, C)`` tokens they were projected from (what the
+    encoding's ``attention`` receives as ``tokens``)."""
     block = backbone.blocks[layer]
     if block.window_size:
         raise ValueError(f'Block {layer} uses window attention; pick a global block.')
     captured = {}
-    handle = block.attn.qkv.register_forward_hook(
-        lambda module, inputs, output: captured.setdefault('qkv', output))
+
+    def keep(module, inputs, output):
+        captured.setdefault('tokens', inputs[0])
+        captured.setdefault('qkv', output)
+
+    handle = block.attn.qkv.register_forward_hook(keep)
     try:
         backbone(images)
     finally:
@@ -60,6 +67,12 @@ def capture_qk(backbone: nn.Module, images: Tensor, layer: int) -> Tuple[Tensor,
     batch, num_tokens, _ = qkv.shape
     heads = block.attn.num_heads
     q, k, _ = qkv.reshape(batch, num_tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, captured['tokens']
+
+
+def capture_qk(backbone: nn.Module, images: Tensor, layer: int) -> Tuple[Tensor, Tensor]:
+    """``q, k`` of block ``layer``, ``(B, heads, P + H*W, d)``, before any rotation."""
+    q, k, _ = capture_attention_inputs(backbone, images, layer)
     return q, k
 
 
@@ -99,9 +112,9 @@ def attention_map(backbone: nn.Module, images: Tensor, layer: int,
     *is* the attention matrix, whatever the encoding does to q, k or the logits.
     """
     grid = token_grid(backbone, images)
-    q, k = capture_qk(backbone, images, layer)
+    q, k, tokens = capture_attention_inputs(backbone, images, layer)
     eye = torch.eye(grid.num_tokens, dtype=q.dtype).expand(*q.shape[:2], -1, -1)
-    weights = backbone.pos_encoding.attention(layer, q, k, eye, grid)
+    weights = backbone.pos_encoding.attention(layer, q, k, eye, grid, tokens=tokens)
     return _to_map(weights[:, :, _patch_row(grid, patch)], grid)
 
 
@@ -153,6 +166,6 @@ def embedding_similarity(backbone: nn.Module, grid_hw: Tuple[int, int],
 
 
 __all__ = [
-    'find_encoding', 'token_grid', 'capture_qk', 'sape2_bias_map', 'attention_map',
-    'feature_similarity', 'embedding_similarity'
+    'find_encoding', 'token_grid', 'capture_attention_inputs', 'capture_qk', 'sape2_bias_map',
+    'attention_map', 'feature_similarity', 'embedding_similarity'
 ]

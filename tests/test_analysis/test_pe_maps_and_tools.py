@@ -6,6 +6,7 @@ import torch
 
 from mmsape.analysis.pe_maps import (
     attention_map,
+    capture_attention_inputs,
     capture_qk,
     embedding_similarity,
     feature_similarity,
@@ -35,12 +36,23 @@ def test_sape2_bias_map_is_the_bias_row():
 
 
 @pytest.mark.parametrize('pos_encoding', [dict(type='RoPE2D', mode='mixed'),
-                                          dict(type='SaPE2'), dict(type='CoPE1D')])
+                                          dict(type='SaPE2'), dict(type='CoPE1D'),
+                                          dict(type='PaPE')])  # PaPE reads the tokens
 def test_attention_map_is_a_distribution(pos_encoding):
     model = tiny_vit(pos_encoding, with_cls_token=False, out_type='avg_featmap')
     weights = attention_map(model, torch.randn(1, 3, 24, 32), 0, (1, 1))
     assert weights.shape == (1, 6, 8)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_captured_tokens_are_the_qkv_input():
+    model = tiny_vit(dict(type='PaPE', parabolas=2))
+    images = torch.randn(2, 3, 24, 32)
+    q, k, tokens = capture_attention_inputs(model, images, 1)
+    assert tokens.shape == (2, 1 + 6 * 8, 32)
+    qkv = model.blocks[1].attn.qkv(tokens).reshape(2, 49, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    assert torch.equal(qkv[0], q) and torch.equal(qkv[1], k)
+    assert all(torch.equal(a, b) for a, b in zip(capture_qk(model, images, 1), (q, k)))
 
 
 def test_similarity_maps():

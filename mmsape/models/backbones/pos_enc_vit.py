@@ -24,8 +24,9 @@ from mmsape.models.pos_encodings.base import grid_to_map, layers_from_option
 from mmsape.models.utils.vit_pretrained import convert_vit_state_dict, format_load_report
 from mmsape.registry import MODELS
 
-#: ``attend(q, k, v, grid, dropout_p) -> out``, one layer's attention as the
-#: position encoding computes it.
+#: ``attend(q, k, v, grid, dropout_p, tokens) -> out``, one layer's attention as
+#: the position encoding computes it; ``tokens`` are the ``(B, N, C)`` tokens
+#: the attention reads (the input of its qkv projection).
 AttendFn = Callable[..., Tensor]
 
 
@@ -57,7 +58,10 @@ class PosEncAttention(nn.Module):
         batch, num_tokens, channels = x.shape
         qkv = self.qkv(x).reshape(batch, num_tokens, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = attend(q, k, v, grid, dropout_p=self.attn_drop if self.training else 0.)
+        # The encoding also gets the tokens themselves: content-dependent
+        # position terms (PaPE's curvatures) are computed from them.
+        x = attend(q, k, v, grid, dropout_p=self.attn_drop if self.training else 0.,
+                   tokens=x)
         x = x.transpose(1, 2).reshape(batch, num_tokens, channels)
         return self.proj_drop(self.proj(x))
 

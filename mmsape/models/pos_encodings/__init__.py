@@ -8,6 +8,7 @@ from .base import (
 from .builder import PositionEncodingStack, build_pos_encoding, registered_pos_encodings
 from .cope import CoPE1D
 from .lookhere import LookHere
+from .pape import PaPE
 from .peg import PEG
 from .rope import RoPE2D
 from .sape2 import SaPE2
@@ -17,5 +18,5 @@ __all__ = [
     'TokenGrid', 'PositionEncodingStack',
     'build_pos_encoding', 'registered_pos_encodings', 'LearnedAPE',
     'SinCos2DPositionEncoding', 'NoPositionEncoding', 'PEG', 'RoPE2D', 'CoPE1D',
-    'LookHere', 'SaPE2'
+    'LookHere', 'PaPE', 'SaPE2'
 ]

@@ -6,14 +6,18 @@ only the hook it needs:
 * token-additive (learned APE, 2D sin-cos): :meth:`encode_tokens`, once, right
   after the patch embedding and the prefix (class / register) tokens;
 * between blocks (CPVT's PEG): :meth:`after_block`, after chosen blocks;
-* inside attention (2D RoPE, SaPE², CoPE): :meth:`attention`, which receives one
-  layer's per-head ``q, k, v`` and returns the attended values. Such encodings
+* inside attention (2D RoPE, SaPE², CoPE, PaPE): :meth:`attention`, which
+  receives one layer's per-head ``q, k, v`` and the tokens the attention reads
+  (``tokens``: the block's input after its first norm, in windows where the
+  block attends in windows) and returns the attended values. Such encodings
   derive from :class:`AttentionPositionEncoding`, which owns the ``layers``
   option (the blocks they act in; the others attend plainly). A q/k transform
   (RoPE) rotates ``q, k`` first; an attention-logit bias
   (:class:`AttentionBiasPositionEncoding`) provides
-  ``attention_bias(layer_index, q, k, grid)``, which the default attention adds
-  to the logits.
+  ``attention_bias(layer_index, q, k, grid, tokens=None)``, which the default
+  attention adds to the logits. Every override of these hooks accepts
+  ``tokens`` (checked when the class is defined); an encoding that needs them
+  (PaPE computes its curvatures from them) raises when it gets ``None``.
 
 Parameters that belong to one block (a table per layer) live in a container
 named by :attr:`~BasePositionEncoding.per_block_attr` and keyed by the block
@@ -24,6 +28,7 @@ The backbone passes a :class:`TokenGrid` everywhere, so that an encoding never
 guesses the layout: ``num_prefix`` prefix tokens followed by an ``H x W`` grid in
 row-major order, with H and W free to differ and to change from batch to batch.
 """
+import inspect
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Set, Tuple
 
@@ -63,6 +68,10 @@ class TokenGrid:
 
     def replace(self, **changes) -> 'TokenGrid':
         return replace(self, **changes)
+
+
+#: The hooks that run inside attention; each override accepts ``tokens``.
+ATTENTION_HOOKS = ('attention', 'encoded_attention', 'attention_bias')
 
 
 def split_prefix(x: Tensor, grid: TokenGrid) -> Tuple[Tensor, Tensor]:
@@ -108,6 +117,20 @@ class BasePositionEncoding(BaseModule):
     #: trains without weight decay (APE tables, PEG, RoPE-ViT frequencies).
     exclude_from_weight_decay: bool = False
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook in ATTENTION_HOOKS:
+            method = vars(cls).get(hook)
+            if method is None:
+                continue
+            parameters = inspect.signature(method).parameters.values()
+            if not any(p.name == 'tokens' or p.kind == p.VAR_KEYWORD for p in parameters):
+                raise TypeError(
+                    f'{cls.__name__}.{hook} does not accept `tokens`: the backbone passes '
+                    f'every attention hook the (B, N, C) tokens the attention reads. Add '
+                    f'`tokens: Optional[Tensor] = None` to its signature (and pass it on '
+                    f'where it calls another hook).')
+
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
@@ -140,12 +163,15 @@ class BasePositionEncoding(BaseModule):
                   k: Tensor,
                   v: Tensor,
                   grid: TokenGrid,
-                  dropout_p: float = 0.) -> Tensor:
+                  dropout_p: float = 0.,
+                  tokens: Optional[Tensor] = None) -> Tensor:
         """Attend ``(B, heads, P + H*W, head_dim)`` queries to keys and values.
 
-        The default is plain scaled dot-product attention (softmax of
-        ``q.k / sqrt(d)``), which is what a layer without an attention-level
-        encoding computes.
+        ``tokens`` are the ``(B, P + H*W, C)`` tokens the attention reads (the
+        input of its q/k/v projection), for encodings whose position terms depend
+        on content (PaPE); the backbone always passes them. The default is plain
+        scaled dot-product attention (softmax of ``q.k / sqrt(d)``), which is
+        what a layer without an attention-level encoding computes.
         """
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
@@ -196,13 +222,17 @@ class AttentionPositionEncoding(BasePositionEncoding):
         self.layers = layers_from_option(layers, self.num_layers, name='layers')
 
     def attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
-                  grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+                  grid: TokenGrid, dropout_p: float = 0.,
+                  tokens: Optional[Tensor] = None) -> Tensor:
         if layer_index not in self.layers:
-            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
-        return self.encoded_attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p,
+                                     tokens=tokens)
+        return self.encoded_attention(layer_index, q, k, v, grid, dropout_p=dropout_p,
+                                      tokens=tokens)
 
     def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
-                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+                          grid: TokenGrid, dropout_p: float = 0.,
+                          tokens: Optional[Tensor] = None) -> Tensor:
         """The attention of a block in :attr:`layers`; same arguments as
         :meth:`attention`."""
         raise NotImplementedError(f'{type(self).__name__} must implement encoded_attention.')
@@ -219,15 +249,18 @@ class AttentionBiasPositionEncoding(AttentionPositionEncoding):
     """
 
     def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
-                       grid: TokenGrid) -> Tensor:
+                       grid: TokenGrid, tokens: Optional[Tensor] = None) -> Tensor:
         """The logit bias of block ``layer_index`` for ``(B, heads, P + H*W, d)``
-        queries and keys: a tensor that broadcasts to ``(B, heads, N, N)``, zero in
-        the rows and columns of prefix tokens unless the encoding says otherwise."""
+        queries and keys (and the attention's ``(B, P + H*W, C)`` input
+        ``tokens``, for encodings that read them): a tensor that broadcasts to
+        ``(B, heads, N, N)``, zero in the rows and columns of prefix tokens unless
+        the encoding says otherwise."""
         raise NotImplementedError(f'{type(self).__name__} must implement attention_bias.')
 
     def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
-                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
-        bias = self.attention_bias(layer_index, q, k, grid)
+                          grid: TokenGrid, dropout_p: float = 0.,
+                          tokens: Optional[Tensor] = None) -> Tensor:
+        bias = self.attention_bias(layer_index, q, k, grid, tokens=tokens)
         return attention_with_bias(q, k, v, bias, dropout_p=dropout_p)
 
 
@@ -240,6 +273,21 @@ def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     """
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+
+
+def padding_key_mask(grid: TokenGrid) -> Optional[Tensor]:
+    """``(B, 1, N, N)`` bool, True where a query must not attend to a key: an
+    image or prefix query and a padding key (``grid.pad_mask``); ``None`` without
+    padding.
+
+    Image tokens then compute exactly what they compute on the unpadded grid.
+    Padding queries attend to everything, which keeps their softmax defined even
+    in a window that is all padding; their outputs are never used.
+    """
+    if grid.pad_mask is None:
+        return None
+    padding = F.pad(grid.pad_mask.flatten(1), (grid.num_prefix, 0), value=False)
+    return padding[:, None, None, :] & ~padding[:, None, :, None]
 
 
 def layers_from_option(option: Optional[Sequence[int]], num_layers: int,
@@ -271,6 +319,6 @@ def map_to_grid(feature_map: Tensor) -> Tensor:
 
 __all__ = [
     'TokenGrid', 'BasePositionEncoding', 'AttentionPositionEncoding',
-    'AttentionBiasPositionEncoding', 'attention_with_bias', 'split_prefix',
+    'AttentionBiasPositionEncoding', 'attention_with_bias', 'padding_key_mask', 'split_prefix',
     'layers_from_option', 'grid_to_map', 'map_to_grid'
 ]

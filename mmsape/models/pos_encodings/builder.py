@@ -108,11 +108,12 @@ class PositionEncodingStack(BasePositionEncoding):
             x = encoding.after_block(block_index, x, grid)
         return x
 
-    def attention(self, layer_index, q, k, v, grid: TokenGrid, dropout_p=0.):
+    def attention(self, layer_index, q, k, v, grid: TokenGrid, dropout_p=0., tokens=None):
         if self._attention_index is None:
-            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+            return super().attention(layer_index, q, k, v, grid, dropout_p=dropout_p,
+                                     tokens=tokens)
         return self.encodings[self._attention_index].attention(
-            layer_index, q, k, v, grid, dropout_p=dropout_p)
+            layer_index, q, k, v, grid, dropout_p=dropout_p, tokens=tokens)
 
     def no_weight_decay(self):
         return {f'encodings.{i}.{name}' for i, e in enumerate(self.encodings)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class CoPE1D(AttentionBiasPositionEncoding):
             nn.init.trunc_normal_(table, std=.02)
 
     def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
-                       grid: TokenGrid) -> Tensor:
+                       grid: TokenGrid, tokens: Optional[Tensor] = None) -> Tensor:
         """CoPE bias ``z_i(p_ij)`` of ``(B, heads, P + H*W, d)`` queries and keys.
 
         Returns ``(B, heads, N, N)`` in float32 (at least), zero in the rows and

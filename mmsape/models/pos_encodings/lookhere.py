@@ -28,12 +28,11 @@ import math
 from typing import NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmsape.registry import POS_ENCODINGS
 
-from .base import AttentionBiasPositionEncoding, TokenGrid
+from .base import AttentionBiasPositionEncoding, TokenGrid, padding_key_mask
 from .grid_cache import GridCache
 
 
@@ -281,7 +280,7 @@ class LookHere(AttentionBiasPositionEncoding):
         return bias
 
     def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
-                       grid: TokenGrid) -> Tensor:
+                       grid: TokenGrid, tokens: Optional[Tensor] = None) -> Tensor:
         """LookHere's bias of block ``layer_index``, float32.
 
         ``(heads, N, N)`` without padding, ``(B, heads, N, N)`` with a
@@ -289,12 +288,9 @@ class LookHere(AttentionBiasPositionEncoding):
         grid alone).
         """
         bias = self.grid_bias(grid) * self.layer_scale(layer_index)
-        if grid.pad_mask is None:
-            return bias
-        padding = F.pad(grid.pad_mask.flatten(1), (grid.num_prefix, 0), value=False)
         # Nothing that is image (or a prefix token) looks at padding.
-        blocked = padding[:, None, None, :] & ~padding[:, None, :, None]
-        return bias.masked_fill(blocked, float('-inf'))
+        blocked = padding_key_mask(grid)
+        return bias if blocked is None else bias.masked_fill(blocked, float('-inf'))
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, variant={self.variant!r}, '

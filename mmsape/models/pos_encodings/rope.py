@@ -2,6 +2,8 @@
 and DINOv3's normalised coordinates (Simeoni et al., 2025)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
@@ -238,7 +240,8 @@ class RoPE2D(AttentionPositionEncoding):
         return torch.cat([prefix, rotated], dim=2)
 
     def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
-                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+                          grid: TokenGrid, dropout_p: float = 0.,
+                          tokens: Optional[Tensor] = None) -> Tensor:
         embed = self.rotary_embed(layer_index, grid, q.device)
         q = self.rotate(layer_index, q, grid, embed)
         k = self.rotate(layer_index, k, grid, embed)

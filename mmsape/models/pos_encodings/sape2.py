@@ -450,7 +450,7 @@ class SaPE2(AttentionBiasPositionEncoding):
         return [f[0] for f in factors], [f[1] for f in factors]
 
     def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
-                       grid: TokenGrid) -> Tensor:
+                       grid: TokenGrid, tokens: Optional[Tensor] = None) -> Tensor:
         """The full ``(B, heads, N, N)`` bias of a SaPE² layer (reference / analysis).
 
         Zero in the rows and columns of prefix tokens; in the compute dtype
@@ -464,7 +464,8 @@ class SaPE2(AttentionBiasPositionEncoding):
             return sape_bias(query_factors, key_factors, self.distance, self._sign)
 
     def encoded_attention(self, layer_index: int, q: Tensor, k: Tensor, v: Tensor,
-                          grid: TokenGrid, dropout_p: float = 0.) -> Tensor:
+                          grid: TokenGrid, dropout_p: float = 0.,
+                          tokens: Optional[Tensor] = None) -> Tensor:
         choice = self.choose_kernel(grid, q, dropout_p, v)
         self._show_kernel(choice)
         kernel = choice.kernel

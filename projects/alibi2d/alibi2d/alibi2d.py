@@ -7,6 +7,8 @@ the package. Press et al.
 (ICLR 2022) bias 1D attention by ``-slope_h * |i - j|``; here the distance is the
 Euclidean distance between the (row, column) positions of two patches.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -46,7 +48,7 @@ class ALiBi2D(AttentionBiasPositionEncoding):
         self.register_buffer('slopes', alibi_slopes(self.num_heads), persistent=False)
 
     def attention_bias(self, layer_index: int, q: Tensor, k: Tensor,
-                       grid: TokenGrid) -> Tensor:
+                       grid: TokenGrid, tokens: Optional[Tensor] = None) -> Tensor:
         """``(heads, N, N)`` bias in q's dtype, zero in the prefix rows and columns;
         the same for every layer and input."""
         rows, cols = torch.meshgrid(torch.arange(grid.height), torch.arange(grid.width),

@@ -67,7 +67,7 @@ def assert_compiled_matches_eager(model, x: torch.Tensor) -> None:
 def test_registry_lists_the_known_encodings():
     # The parametrisation below comes from the registry; a broken registry
     # must not turn it into an empty (vacuously passing) test.
-    assert {'SaPE2', 'RoPE2D', 'LearnedAPE', 'PEG', 'ALiBi2D'} <= set(ENCODINGS)
+    assert {'SaPE2', 'RoPE2D', 'LearnedAPE', 'PEG', 'ALiBi2D', 'PaPE'} <= set(ENCODINGS)
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
@@ -121,6 +121,21 @@ def test_sape2_attention_dropout_compiles_without_graph_breaks():
     out = torch.compile(model, backend='aot_eager', fullgraph=True)(images())[0]
     out.sum().backward()
     assert all(p.grad is not None for p in model.pos_encoding.parameters())
+
+
+@pytest.mark.parametrize('options', [
+    dict(rotation_invariant=True),
+    dict(prefix_position='none', coords='normalized', impl='dense', layers=[1]),
+    dict(window_size=3, global_attn_indexes=(1, ), with_cls_token=False, out_type='featmap'),
+], ids=['ri', 'none-normalized-dense', 'windows'])
+def test_pape_paths_compile_without_graph_breaks(options):
+    # Windows padded at the border (4 x 5 grid in 3 x 3 windows): the padding mask.
+    backbone = {k: options.pop(k) for k in list(options)
+                if k in ('window_size', 'global_attn_indexes', 'with_cls_token', 'out_type')}
+    options.setdefault('parabolas', None if options.get('rotation_invariant') else 4)
+    model = tiny_vit(dict(type='PaPE', **options), seed=0, train=True, **backbone)
+    assert graph_breaks(model, images()) == []
+    assert_compiled_matches_eager(model, images())
 
 
 def test_input_checks_raise_compiled_and_eager():

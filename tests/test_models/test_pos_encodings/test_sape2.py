@@ -611,8 +611,8 @@ def test_windows_with_padding_match_naive_reference(bias):
     calls = []
     attention = sape.attention
 
-    def recording_attention(layer_index, q, k, v, grid, dropout_p=0.):
-        out = attention(layer_index, q, k, v, grid, dropout_p=dropout_p)
+    def recording_attention(layer_index, q, k, v, grid, dropout_p=0., tokens=None):
+        out = attention(layer_index, q, k, v, grid, dropout_p=dropout_p, tokens=tokens)
         calls.append((layer_index, q, k, v, grid, out))
         return out
 
