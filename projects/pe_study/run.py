@@ -1,4 +1,5 @@
-"""The position-encoding study: one command, CPU, at most 90 minutes on two cores.
+"""The position-encoding study: one command, CPU, at most 90 minutes on two cores
+(the decision rows; the SaPE² design sweep is a second command of the same kind).
 
 Trains every row (:mod:`projects.pe_study.study.encodings`: the baselines, the
 published SaPE², mmsape's query-relative forms and the design sweep) as the same
@@ -8,10 +9,11 @@ The trainings run as independent jobs on ``--workers`` single-thread processes;
 then ``docs/pe_study/README.md`` is written from their JSON results (every number
 in it comes from this run)::
 
-    python projects/pe_study/run.py --out docs/pe_study
+    python projects/pe_study/run.py --out docs/pe_study               # decision rows
+    python projects/pe_study/run.py --part sweep --out docs/pe_study  # design sweep
 
-``--part seg`` runs the decision rows only, ``--part sweep`` the design sweep
-only (both keep the other part's saved results in the report); ``--quick``
+Each part keeps the other part's saved results (same protocol) in the report;
+``--part all`` runs both in one go; ``--quick``
 shrinks everything to a smoke test (about a minute); ``--resume`` reuses the
 results of an interrupted run (same protocol) from ``--work-dir``.
 """
@@ -45,7 +47,7 @@ from projects.pe_study.study.jobs import (  # noqa: E402
 )
 from projects.pe_study.study.segmentation import prepare_data  # noqa: E402
 
-PARTS = ('all', 'seg', 'sweep', 'report')
+PARTS = ('seg', 'sweep', 'all', 'report')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,9 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=None, help='training iterations')
     parser.add_argument('--rows', nargs='+', default=None, metavar='ROW',
                         help=f'rows to run instead of the part\'s (any of: {", ".join(ROWS)})')
-    parser.add_argument('--part', choices=PARTS, default='all',
-                        help="'seg': the decision rows; 'sweep': the SaPE2 design sweep; "
-                        "'report': rewrite README.md from the JSON results in --out")
+    parser.add_argument('--part', choices=PARTS, default='seg',
+                        help="'seg': the decision rows (default); 'sweep': the SaPE2 design "
+                        "sweep; 'all': both; 'report': rewrite README.md from the JSON results "
+                        "in --out")
     parser.add_argument('--resume', action='store_true',
                         help='reuse finished jobs of an interrupted run with the same protocol')
     parser.add_argument('--quick', action='store_true',

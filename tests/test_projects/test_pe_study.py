@@ -284,7 +284,7 @@ def test_quick_study_end_to_end(tmp_path):
     text = (out / 'README.md').read_text()
     assert '## Goal' in text and '## Power' in text and (out / 'seg_resolution.png').exists()
     run = json.loads((out / 'run.json').read_text())
-    assert run['parts']['all']['workers'] == 2 and run['data']['objects']['training']
+    assert run['parts']['seg']['workers'] == 2 and run['data']['objects']['training']
     (out / 'README.md').unlink()
     assert tool.main(['--part', 'report', '--out', str(out)]) == 0
     assert (out / 'README.md').read_text() == text

@@ -50,14 +50,16 @@ FULL_PROTOCOL = StudyProtocol(seeds=(0, 1, 2, 3, 4), seg_iters=1500, seg_num_tra
 QUICK_PROTOCOL = StudyProtocol(seeds=(0, ), seg_iters=2, seg_num_train=8, seg_num_resized=2,
                                seg_num_probe=2, quick=True)
 
-#: CPU seconds of one job at one thread as measured to size the protocol (per
-#: training iteration, and the evaluations): the planner's estimates. A row not
-#: measured costs as much as the dearest one (a conservative plan).
+#: CPU seconds of one job at one thread, measured by the baselines' calibration run
+#: (``projects/pe_study/README.md``, "Calibration"; load average 3-6 on the 2 cores):
+#: per training iteration, and everything else (runner build, evaluations, probes).
+#: The planner's estimates; a row not measured costs as much as the dearest one.
 MEASURED_CPU_S: Dict[str, Tuple[float, float]] = {
-    'APE': (0.09, 20.),
-    'PEG': (0.09, 20.),
-    'RoPE mixed': (0.10, 22.),
-    'none': (0.09, 20.),
+    'PEG': (0.085, 13.),
+    'APE': (0.083, 14.),
+    'RoPE mixed': (0.102, 17.),
+    'RoPE normalised': (0.096, 15.),
+    'none': (0.082, 14.),
 }
 
 
