@@ -6,8 +6,12 @@ in the file (also inside functions), relative ones resolved, and
 ``importlib.import_module`` / ``__import__`` calls with a literal name. Imports
 through the registries' ``locations`` (strings that MMEngine imports) are how the
 lower layers reach the upper ones, and are not imports here.
+
+A finer rule: ``utils`` names no type of ``engine`` by its registry string
+(``'mmsape.<Name>'``), which would be an upward dependency that no import shows.
 """
 import ast
+import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -16,11 +20,13 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / 'mmsape'
 
 #: Top-level part of mmsape -> the parts it may import (besides itself and
-#: ``version``). ``apis`` is the top, ``registry`` and ``utils`` the bottom.
+#: ``version``). ``analysis`` is the top (its measurements build models and
+#: Runners through ``apis``), ``registry`` and ``utils`` the bottom.
 MAY_IMPORT = {
-    'apis': {'analysis', 'models', 'engine', 'datasets', 'evaluation', 'testing', 'ops',
-             'utils', 'registry'},
-    'analysis': {'models', 'ops', 'datasets', 'evaluation', 'testing', 'utils', 'registry'},
+    'analysis': {'apis', 'models', 'engine', 'datasets', 'evaluation', 'testing', 'ops',
+                 'utils', 'registry'},
+    'apis': {'models', 'engine', 'datasets', 'evaluation', 'testing', 'ops', 'utils',
+             'registry'},
     'models': {'ops', 'utils', 'registry'},
     'engine': {'utils', 'registry'},
     'datasets': {'utils', 'registry'},
@@ -123,8 +129,70 @@ def load():
     ('mmsape.ops.sape2', False, ['mmsape.registry.MODELS', 'mmsape.models.PosEncViT',
                                  'mmsape.engine', 'mmsape.datasets.transforms.DataFileError',
                                  'mmsape.analysis']),
-    ('mmsape.apis.inference', False, []),  # the top may import everything
+    ('mmsape.analysis.resolution', False, []),  # the top may import everything
 ])
 def test_the_check_finds_a_synthetic_violation(module, is_package, expected):
     found = upward_imports(module, is_package, SYNTHETIC)
     assert sorted(violation.split(' -> ')[1] for violation in found) == sorted(expected)
+
+
+# ---------------------------------------------------------------------------
+# utils names no engine type by string
+# ---------------------------------------------------------------------------
+REGISTRY_NAME = re.compile(r'\bmmsape\.(\w+)')
+
+
+def engine_type_names() -> set:
+    """Names that ``mmsape.engine`` registers in mmsape's registries."""
+    from mmengine.registry import Registry
+
+    import mmsape.engine  # noqa: F401  (registers them)
+    from mmsape import registry
+    names = set()
+    for mmsape_registry in vars(registry).values():
+        if isinstance(mmsape_registry, Registry) and mmsape_registry.scope == 'mmsape':
+            names |= {name for name, obj in mmsape_registry.module_dict.items()
+                      if getattr(obj, '__module__', '').startswith('mmsape.engine')}
+    return names
+
+
+def engine_type_strings(module: str, source: str, engine_names: set) -> List[str]:
+    """String constants of ``source`` (docstrings aside) that name an engine type."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings):
+            found += [f'{module}:{node.lineno} -> mmsape.{name}'
+                      for name in REGISTRY_NAME.findall(node.value) if name in engine_names]
+    return found
+
+
+def test_utils_names_no_engine_type():
+    engine_names = engine_type_names()
+    assert {'AtomicCheckpointHook', 'CPUDistributedDataParallel'} <= engine_names
+    violations = []
+    for path in sorted((PACKAGE_ROOT / 'utils').rglob('*.py')):
+        violations += engine_type_strings(module_name(path)[0],
+                                          path.read_text(encoding='utf-8'), engine_names)
+    assert violations == []
+
+
+ENGINE_STRINGS = '''
+"""A docstring may mention mmsape.AtomicCheckpointHook."""
+WRAPPER = dict(type='mmsape.CPUDistributedDataParallel')
+
+def hooks():
+    return [f'mmsape.TorchRNGStateHook', 'mmsape.SaPE2', 'mmsape.engine']
+'''
+
+
+def test_the_engine_string_check_finds_a_synthetic_violation():
+    found = engine_type_strings('mmsape.utils.bad', ENGINE_STRINGS, engine_type_names())
+    assert sorted(violation.split(' -> ')[1] for violation in found) == [
+        'mmsape.CPUDistributedDataParallel', 'mmsape.TorchRNGStateHook']
