@@ -7,8 +7,11 @@ in the file (also inside functions), relative ones resolved, and
 through the registries' ``locations`` (strings that MMEngine imports) are how the
 lower layers reach the upper ones, and are not imports here.
 
-A finer rule: ``utils`` names no type of ``engine`` by its registry string
-(``'mmsape.<Name>'``), which would be an upward dependency that no import shows.
+Two finer rules: ``models/utils`` (checkpoint key conversion) knows the
+position encodings only through their interface (``pos_encodings.base`` /
+``builder``), each encoding converting its own keys; and ``utils`` names no
+type of ``engine`` by its registry string (``'mmsape.<Name>'``), which would be
+an upward dependency that no import shows.
 """
 import ast
 import re
@@ -134,6 +137,62 @@ def load():
 def test_the_check_finds_a_synthetic_violation(module, is_package, expected):
     found = upward_imports(module, is_package, SYNTHETIC)
     assert sorted(violation.split(' -> ')[1] for violation in found) == sorted(expected)
+
+
+# ---------------------------------------------------------------------------
+# models/utils knows the encodings only through their interface
+# ---------------------------------------------------------------------------
+#: Modules of ``mmsape.models.pos_encodings`` that hold the interface, not an encoding.
+ENCODING_INTERFACE = ('base', 'builder')
+
+
+def registered_encoding_names() -> set:
+    from mmsape.models.pos_encodings import registered_pos_encodings
+    return set(registered_pos_encodings())
+
+
+def concrete_encoding_imports(module: str, is_package: bool, source: str,
+                              encoding_names: set) -> List[str]:
+    """Imports in ``source`` of a position encoding's own module or class."""
+    found = []
+    for line, name in imported_modules(module, is_package, source):
+        inside = name.startswith('mmsape.models.pos_encodings')
+        part = name.split('.')[3] if inside and name.count('.') >= 3 else None
+        if (inside and part not in ENCODING_INTERFACE) or (
+                name.startswith('mmsape.') and name.rpartition('.')[2] in encoding_names
+                and not (inside and part in ENCODING_INTERFACE)):
+            found.append(f'{module}:{line} -> {name}')
+    return found
+
+
+def test_models_utils_imports_no_concrete_encoding():
+    encodings = registered_encoding_names()
+    violations = []
+    for path in sorted((PACKAGE_ROOT / 'models' / 'utils').rglob('*.py')):
+        module, is_package = module_name(path)
+        violations += concrete_encoding_imports(module, is_package,
+                                                path.read_text(encoding='utf-8'), encodings)
+    assert violations == []
+
+
+ENCODING_IMPORTS = '''
+from mmsape.models.pos_encodings.base import BasePositionEncoding    # allowed
+from ..pos_encodings.builder import PositionEncodingStack             # allowed
+from mmsape.models.pos_encodings import LearnedAPE
+from ..pos_encodings.sape2 import SaPE2
+
+def find():
+    from mmsape.models import SaPE2
+    import mmsape.models.pos_encodings
+'''
+
+
+def test_the_encoding_check_finds_a_synthetic_violation():
+    found = concrete_encoding_imports('mmsape.models.utils.bad', False, ENCODING_IMPORTS,
+                                      registered_encoding_names())
+    assert sorted(violation.split(' -> ')[1] for violation in found) == sorted([
+        'mmsape.models.pos_encodings.LearnedAPE', 'mmsape.models.pos_encodings.sape2.SaPE2',
+        'mmsape.models.SaPE2', 'mmsape.models.pos_encodings'])
 
 
 # ---------------------------------------------------------------------------
