@@ -79,7 +79,7 @@ def time_train_step(path: str, args: argparse.Namespace) -> dict:
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS, DefaultScope
 
-    from mmsape.utils import load_config
+    from mmsape.apis import load_config
 
     cfg = load_config(path, args.cfg_options)
     if args.amp:

@@ -1,12 +1,16 @@
-"""The config files: every one loads, the detectors share one backbone definition,
-and RetinaNet's pyramid levels are the strides its anchors are laid out for."""
+"""The config files: every one loads, takes mmsape's runtime choices from one
+file, names its pipelines' transforms so that they build the same in every
+toolbox's scope; the detectors share one backbone definition, and RetinaNet's
+pyramid levels are the strides its anchors are laid out for."""
 import copy
+import importlib
 from pathlib import Path
+from typing import Iterator, Tuple
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
+from mmengine.registry import TRANSFORMS, DefaultScope
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(path.relative_to(ROOT)) for path in
@@ -15,6 +19,8 @@ CONFIGS = sorted(str(path.relative_to(ROOT)) for path in
 DETECTORS = [path for path in CONFIGS
              if path.startswith(('configs/mask_rcnn/', 'configs/retinanet/'))]
 VITDET_BACKBONE = 'configs/_base_/models/vit-s16_vitdet.py'
+RUNTIME = 'configs/_base_/mmsape_runtime.py'
+TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 @pytest.mark.parametrize('path', CONFIGS)
@@ -53,3 +59,77 @@ def test_retinanet_levels_are_its_anchor_strides():
     strides = [(256 // level.shape[-2], 384 // level.shape[-1]) for level in levels]
     assert strides == [tuple(stride) for stride in model.bbox_head.prior_generator.strides]
     assert strides == [(8, 8), (16, 16), (32, 32), (64, 64), (128, 128)]
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_runtime_choices_come_from_one_file(path):
+    """mmsape's imports and checkpoint hook are those of the shared runtime
+    file (projects add their own module to the imports)."""
+    runtime = Config.fromfile(str(ROOT / RUNTIME))
+    cfg = Config.fromfile(str(ROOT / path))
+    assert cfg.default_hooks.checkpoint.type == runtime.atomic_checkpoint_hook.type
+    imports = cfg.custom_imports.imports
+    if path.startswith('projects/'):
+        assert imports[0] == 'mmsape.models' and imports[1].startswith('projects.')
+    else:
+        assert imports == runtime.custom_imports.imports == ['mmsape.models', 'mmsape.engine']
+
+
+def pipeline_transforms(cfg: Config) -> Iterator[Tuple[str, dict]]:
+    """``(where, transform)`` for every transform of the config's pipelines: the
+    ``*pipeline`` variables and the dataloaders' datasets (wrapped ones too),
+    with the transforms nested in wrappers such as ``TestTimeAug``."""
+
+    def transforms(where, pipeline):
+        for index, transform in enumerate(pipeline):
+            if isinstance(transform, (list, tuple)):
+                yield from transforms(f'{where}[{index}]', transform)
+                continue
+            yield f'{where}[{index}]', transform
+            yield from transforms(f'{where}[{index}].transforms',
+                                  transform.get('transforms', []))
+
+    for key, value in cfg.items():
+        if key.endswith('pipeline'):
+            yield from transforms(key, value)
+        elif key.endswith('dataloader') and value:
+            dataset = value.dataset
+            while 'pipeline' not in dataset:  # RepeatDataset and other wrappers
+                dataset = dataset.dataset
+            yield from transforms(f'{key}.dataset.pipeline', dataset.pipeline)
+
+
+def transform_class(transform_type: str, scope: str) -> type:
+    """The class ``TRANSFORMS.build`` makes of ``transform_type`` while
+    ``scope`` is the default scope (as the toolboxes' inference functions and
+    mmcv's ``Compose`` build pipelines)."""
+    with DefaultScope.overwrite_default_scope(scope):
+        with TRANSFORMS.switch_scope_and_registry(None) as registry:
+            return registry.get(transform_type)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_pipelines_build_the_same_in_every_toolbox_scope(path):
+    """A process that used another toolbox leaves its scope current, and the
+    toolboxes' inference functions build a config's pipeline in it: every
+    transform must name its toolbox's scope, or be mmcv's (the same class in
+    every scope). mmseg's test-time LoadAnnotations keeps its bare name, by
+    which mmseg's inferencers find and drop it."""
+    for toolbox in TOOLBOXES:
+        importlib.import_module(f'{toolbox}.utils').register_all_modules(
+            init_default_scope=False)
+    cfg = Config.fromfile(str(ROOT / path))
+    own = cfg.default_scope
+    checked = 0
+    for where, transform in pipeline_transforms(cfg):
+        expected = transform_class(transform.type, own)
+        assert expected is not None, f'{where}: {transform.type} is not an {own} transform'
+        if (own == 'mmseg' and transform.type == 'LoadAnnotations'
+                and where.startswith(('test', 'val'))):
+            continue
+        for scope in TOOLBOXES:
+            assert transform_class(transform.type, scope) is expected, (
+                f"{where}: {transform.type!r} builds {expected.__module__} in {own}'s scope "
+                f"but not in {scope}'s; name it '{own}.{transform.type}'")
+        checked += 1
+    assert checked >= 3

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import List
 
-from mmengine.config import Config
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mmsape.analysis.training_figures import (  # noqa: E402
@@ -32,6 +30,7 @@ from mmsape.analysis.training_figures import (  # noqa: E402
     read_train_losses,
     stack_drawings,
 )
+from mmsape.apis import read_config  # noqa: E402
 from mmsape.testing.demo_data import ensure_demo_data  # noqa: E402
 
 #: Drawn by mmdet's and mmseg's visualizers: ground truth left, prediction right.
@@ -74,7 +73,7 @@ def schedule_end_options(config: str, iters: int) -> List[str]:
     """--cfg-options that end the config's schedule with a run of ``iters``
     iterations: the schedulers that end with its training, found by that
     ``end`` rather than by their position in the list."""
-    cfg = Config.fromfile(str(ROOT / config))
+    cfg = read_config(ROOT / config)
     return [f'param_scheduler.{index}.end={iters}'
             for index, scheduler in enumerate(cfg.param_scheduler)
             if scheduler.get('end') == cfg.train_cfg.max_iters]
@@ -83,7 +82,7 @@ def schedule_end_options(config: str, iters: int) -> List[str]:
 def metric_names(task: str) -> List[str]:
     """The task's summary metrics, then one per class of its config."""
     spec = TASKS[task]
-    classes = Config.fromfile(str(ROOT / spec['config'])).classes
+    classes = read_config(ROOT / spec['config']).classes
     return [*spec['metrics'], *(spec['per_class'].format(name) for name in classes)]
 
 

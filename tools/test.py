@@ -22,14 +22,13 @@ import os.path as osp
 import sys
 from pathlib import Path
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import DictAction
 from mmengine.dist import get_rank
-from mmengine.runner import Runner
 
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))
-from mmsape.utils import build_runner, load_config  # noqa: E402
+from mmsape.apis import build_test_runner  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,72 +60,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def enable_visualization(cfg: Config, show: bool, show_dir: str, wait_time: float) -> None:
-    """Switch on the config's visualization hook for testing, as each toolbox's
-    own ``tools/test.py`` does for its hook, drawing every test image."""
-    hook = cfg.get('default_hooks', {}).get('visualization')
-    if hook is None:
-        raise SystemExit(
-            '--show / --show-dir draw through the visualization hook, and the config has '
-            'none: add default_hooks.visualization, e.g. dict(type=\'DetVisualizationHook\') '
-            "(mmdet), dict(type='SegVisualizationHook') (mmseg) or "
-            "dict(type='VisualizationHook') (mmpretrain).")
-    # Absolute: mmdet's and mmpretrain's hooks put relative folders under the
-    # run's log folder.
-    show_dir = osp.abspath(show_dir) if show_dir else None
-    kind = hook['type'].split('.')[-1]
-    if kind == 'DetVisualizationHook':
-        hook.update(draw=True, test_out_dir=show_dir)
-    elif kind == 'SegVisualizationHook':
-        # It draws every `interval`-th batch and saves through the visualizer.
-        hook.update(draw=True, interval=1)
-        if show_dir:
-            cfg.visualizer.save_dir = show_dir
-    elif kind == 'VisualizationHook':
-        hook.update(enable=True, interval=1, out_dir=show_dir)
-    else:
-        raise SystemExit(f'--show / --show-dir: unknown visualization hook {hook["type"]!r}; '
-                         'tools/test.py drives those of mmdet, mmseg and mmpretrain.')
-    hook.update(show=show, wait_time=wait_time)
-
-
-def use_tta(cfg: Config, config_path: str) -> None:
-    """Test the config's ``tta_model`` around its model on its ``tta_pipeline``."""
-    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
-    if missing:
-        raise SystemExit(
-            f'--tta: {config_path} defines no {" or ".join(missing)}. Add them as mmdet / '
-            "mmseg configs do, e.g. tta_model = dict(type='SegTTAModel') and a tta_pipeline "
-            "whose TestTimeAug lists the flips / scales to merge.")
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-
-
-def add_dump_metric(runner: Runner, scope: str, out_file: str) -> None:
-    """Dump the predictions with the toolbox's metric for it (mmdet's encodes
-    masks and drops the ground truth)."""
-    if scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults as DumpResults
-    else:
-        from mmengine.evaluator import DumpResults
-    runner.test_loop.evaluator.metrics.append(DumpResults(out_file_path=out_file))
-
-
 def main() -> None:
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'Checkpoint not found: {args.checkpoint}')
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    if args.show or args.show_dir:
-        enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
-    if args.tta:
-        use_tta(cfg, args.config)
-
-    runner = build_runner(cfg)
-    if args.out:
-        add_dump_metric(runner, cfg.get('default_scope'), args.out)
+    runner = build_test_runner(args.config, args.checkpoint, args.cfg_options,
+                               work_dir=args.work_dir, launcher=args.launcher,
+                               show=args.show, show_dir=args.show_dir,
+                               wait_time=args.wait_time, tta=args.tta, out=args.out)
     metrics = runner.test()
     if get_rank() != 0:
         return

@@ -13,13 +13,12 @@ import os
 import os.path as osp
 import sys
 
-import torch
 from mmengine.config import DictAction
 
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mmsape.utils import build_runner, load_config  # noqa: E402
+from mmsape.apis import build_train_runner  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,27 +44,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-
-    if args.amp:
-        if not torch.cuda.is_available():
-            raise SystemExit('--amp needs a CUDA GPU (MMEngine\'s AmpOptimWrapper does not run '
-                             'on the CPU); run without --amp.')
-        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_wrapper == 'AmpOptimWrapper':
-            print('AMP is already enabled in the config.')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-
-    runner = build_runner(cfg)
+    # --resume without a value: the latest checkpoint in work_dir.
+    resume = True if args.resume == 'auto' else (args.resume or False)
+    runner = build_train_runner(args.config, args.cfg_options, work_dir=args.work_dir,
+                                launcher=args.launcher, resume=resume, amp=args.amp)
     runner.train()
 
 

@@ -1,7 +1,7 @@
 # Demo: a small ViTDet-style Mask R-CNN (SaPE2 ViT, window attention with
 # global blocks, SimpleFPN) trained from scratch on CPU in minutes on the
-# generated COCO-format set. Same structure as configs/mask_rcnn/ (the backbone
-# is configs/_base_/models/vit-s16_vitdet.py), scaled to the data: the images
+# generated COCO-format set: configs/mask_rcnn/'s recipe scaled to the data
+# (the backbone is configs/_base_/models/vit-s16_vitdet.py's): the images
 # are 48-160 px and their objects 10-35 px, so the input is resized to at most
 # 192 x 96 and cut into 8-px patches (a 12 x 24 grid at the largest size), the
 # ViT has 96 channels and 4 blocks (3 heads), the pyramid has strides 4-32, and
@@ -10,13 +10,10 @@
 # an iteration cheap. Measured: val box AP50 75.6 / 77.3 (seeds 0 / 1) after
 # 800 iterations, about 5 CPU-minutes; the 300-iteration recipe it replaces
 # (16-px patches, 384 x 192 input) ended at box AP50 4.9.
-_base_ = [
-    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/default_runtime.py',
-    '../_base_/models/vit-s16_vitdet.py',
-]
-custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
-                      allow_failed_imports=False)
+_base_ = ['../mask_rcnn/mask-rcnn_vit-s16_simplefpn_lsj-100e_coco.py']
+# progress bars, and torch's RNG state in checkpoints so a resumed run repeats an
+# uninterrupted one exactly
+custom_hooks = _base_.progress_and_rng_hooks
 
 data_root = 'data/demo/coco/'
 classes = ('green_disc', 'top_disc', 'bottom_disc', 'bar')
@@ -24,8 +21,8 @@ embed_dims, channels = 96, 64
 strides = [4, 8, 16, 32]
 
 model = dict(
-    # mmdet's Mask R-CNN, with the batch padding mask passed to the backbone (PEG)
-    type='mmsape.PaddingAwareMaskRCNN',
+    # batches padded to a multiple of 32, not to the 1024 x 1024 jitter size
+    data_preprocessor=dict(batch_augments=None),
     backbone=dict(
         _base_.vitdet_backbone,
         _delete_=True,
@@ -40,23 +37,23 @@ model = dict(
         pos_encoding=dict(type='mmsape.SaPE2'),
         init_cfg=None),
     neck=dict(
-        _delete_=True,
-        type='mmsape.SimpleFPN',
         in_channels=embed_dims,
         out_channels=channels,
         scale_factors=(2.0, 1.0, 0.5),
         num_outs=len(strides)),
     rpn_head=dict(
-        in_channels=channels, feat_channels=channels, num_convs=2,
+        in_channels=channels, feat_channels=channels,
         anchor_generator=dict(scales=[4], ratios=[0.25, 0.5, 1.0, 2.0, 4.0], strides=strides)),
     roi_head=dict(
         bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=channels,
                                 featmap_strides=strides),
-        bbox_head=dict(in_channels=channels, fc_out_channels=256, num_classes=len(classes)),
+        # mmdet's standard heads: 2-fc box head, 2-conv mask head, no LayerNorm
+        bbox_head=dict(type='Shared2FCBBoxHead', norm_cfg=None, in_channels=channels,
+                       fc_out_channels=256, num_classes=len(classes)),
         mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=channels,
                                 featmap_strides=strides),
-        mask_head=dict(num_convs=2, in_channels=channels, conv_out_channels=channels,
-                       num_classes=len(classes))),
+        mask_head=dict(norm_cfg=None, num_convs=2, in_channels=channels,
+                       conv_out_channels=channels, num_classes=len(classes))),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=600, max_per_img=300),
         rcnn=dict(sampler=dict(num=64))),
@@ -64,22 +61,24 @@ model = dict(
 
 # Resize, no crops: a crop could move a disc across the image's midline, which
 # decides its class. Batches mix image sizes (padded by the data preprocessor).
+# Types are scoped as in configs/mask_rcnn/ (see there).
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomResize', scale=(192, 96), ratio_range=(0.8, 1.2), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
+    dict(type='mmdet.RandomFlip', prob=0.5),
+    dict(type='mmdet.PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(192, 96), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
+    dict(type='mmdet.Resize', scale=(192, 96), keep_ratio=True),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='mmdet.PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 dataset = dict(type='CocoDataset', data_root=data_root, metainfo=dict(classes=classes))
 train_dataloader = dict(
+    _delete_=True,
     batch_size=4,
     num_workers=0,
     persistent_workers=False,
@@ -89,6 +88,7 @@ train_dataloader = dict(
                  data_prefix=dict(img='train2017/'),
                  filter_cfg=dict(filter_empty_gt=True, min_size=4), pipeline=train_pipeline))
 val_dataloader = dict(
+    _delete_=True,
     batch_size=1,
     num_workers=0,
     persistent_workers=False,
@@ -101,15 +101,14 @@ test_dataloader = val_dataloader
 # (coco/bbox_AP.<class>, coco/segm_AP.<class>): the layout classes top_disc /
 # bottom_disc, which only position separates, next to the easy ones
 val_evaluator = dict(type='mmsape.PerClassCocoMetric',
-                     ann_file=data_root + 'annotations/instances_val2017.json',
-                     metric=['bbox', 'segm'], format_only=False)
+                     ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 max_iters = 800
 optim_wrapper = dict(
+    _delete_=True,
     type='OptimWrapper',
-    # No weight decay on what the model declares in no_weight_decay().
-    constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
+    constructor=_base_.declared_decay_constructor,
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=5.0))
@@ -117,14 +116,10 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=0.),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=max_iters)
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2))
+    logger=dict(log_metric_by_epoch=False),
+    checkpoint=dict(by_epoch=False, interval=200))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
-# progress bars, and torch's RNG state in checkpoints so a resumed run repeats an
-# uninterrupted one exactly
-custom_hooks = [dict(type='mmsape.ProgressBarHook'), dict(type='mmsape.TorchRNGStateHook')]

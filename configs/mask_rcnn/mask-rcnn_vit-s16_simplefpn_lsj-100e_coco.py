@@ -7,11 +7,10 @@ _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::common/lsj-100e_coco-instance.py',
     '../_base_/models/vit-s16_vitdet.py',
+    '../_base_/schedules/vitdet_adamw.py',
+    '../_base_/mmsape_runtime.py',
 ]
-custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
-                      allow_failed_imports=False)
-# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
-default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
+default_hooks = dict(checkpoint=_base_.atomic_checkpoint_hook)
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='mmsape.LN2d', requires_grad=True)
@@ -35,11 +34,30 @@ model = dict(
                        norm_cfg=norm_cfg),
         mask_head=dict(norm_cfg=norm_cfg)))
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='mmsape.LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
-    # Also no weight decay on what the model declares in no_weight_decay().
-    paramwise_cfg=dict(layer_decay_rate=0.7, norm_decay_mult=0., bias_decay_mult=0.),
-    clip_grad=None)
+# mmdet's large-scale jitter pipelines with their types in mmdet's scope
+# ('mmdet.X'), so that they build the same whichever toolbox's scope is current
+# (mmdet's inference_detector builds them in the caller's). mmcv's own
+# transforms (LoadImageFromFile, RandomResize), the same class in every scope,
+# keep their bare names; the toolboxes' inferencers find LoadImageFromFile by it.
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomResize', scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
+    dict(type='mmdet.RandomCrop', crop_type='absolute_range', crop_size=image_size,
+         recompute_bbox=True, allow_negative_crop=True),
+    dict(type='mmdet.FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='mmdet.RandomFlip', prob=0.5),
+    dict(type='mmdet.PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='mmdet.Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='mmdet.PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(dataset=dict(dataset=dict(pipeline=train_pipeline)))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+
+optim_wrapper = dict(_base_.vitdet_optim_wrapper, _delete_=True)

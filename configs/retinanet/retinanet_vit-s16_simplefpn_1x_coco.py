@@ -6,11 +6,10 @@
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     '../_base_/models/vit-s16_vitdet.py',
+    '../_base_/schedules/vitdet_adamw.py',
+    '../_base_/mmsape_runtime.py',
 ]
-custom_imports = dict(imports=['mmsape.models', 'mmsape.models.detectors', 'mmsape.engine'],
-                      allow_failed_imports=False)
-# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
-default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
+default_hooks = dict(checkpoint=_base_.atomic_checkpoint_hook)
 
 model = dict(
     # mmdet's RetinaNet, with the batch padding mask passed to the backbone (PEG)
@@ -25,11 +24,45 @@ model = dict(
         num_outs=5,
         add_extra_convs='on_input'))
 
+# mmdet's COCO pipelines (and RetinaNet's test-time augmentation) with their
+# types in mmdet's scope ('mmdet.X'), so that they build the same whichever
+# toolbox's scope is current (mmdet's inference_detector builds them in the
+# caller's). mmcv's own transforms (LoadImageFromFile, TestTimeAug), the same
+# class in every scope, keep their bare names; the toolboxes' inferencers find
+# LoadImageFromFile by it.
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True),
+    dict(type='mmdet.Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='mmdet.RandomFlip', prob=0.5),
+    dict(type='mmdet.PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='mmdet.Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='mmdet.LoadAnnotations', with_bbox=True),
+    dict(type='mmdet.PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='mmdet.Resize', scale=s, keep_ratio=True) for s in _base_.img_scales],
+            [dict(type='mmdet.RandomFlip', prob=1.), dict(type='mmdet.RandomFlip', prob=0.)],
+            [dict(type='mmdet.LoadAnnotations', with_bbox=True)],
+            [dict(type='mmdet.PackDetInputs',
+                  meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                             'flip', 'flip_direction'))],
+        ]),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+
 optim_wrapper = dict(
+    _base_.vitdet_optim_wrapper,
     _delete_=True,
-    type='OptimWrapper',
-    constructor='mmsape.LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    # Also no weight decay on what the model declares in no_weight_decay().
-    paramwise_cfg=dict(layer_decay_rate=0.7, norm_decay_mult=0., bias_decay_mult=0.),
+    optimizer=dict(_base_.vitdet_optim_wrapper.optimizer, weight_decay=0.05),
     clip_grad=dict(max_norm=1.0, norm_type=2))

@@ -3,29 +3,60 @@
 # upernet_vit-s16-<encoding>_* files change only model.backbone.pos_encoding.
 _base_ = [
     'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py',
+    '../_base_/models/vit-s16.py',
+    '../_base_/mmsape_runtime.py',
 ]
-custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
-# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
-default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
+default_hooks = dict(checkpoint=_base_.atomic_checkpoint_hook)
 
 model = dict(
     # mmseg passes `pretrained` to its own ViT; mmsape's loads through init_cfg.
     pretrained=None,
     backbone=dict(
+        _base_.vit_s16_backbone,
         _delete_=True,
-        type='mmsape.PosEncViT',
-        arch='deit-small',
         img_size=512,
-        patch_size=16,
         out_type='featmap',
         out_indices=(2, 5, 8, 11),
         drop_path_rate=0.1,
         final_norm=False,
-        pos_encoding=dict(type='mmsape.LearnedAPE'),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth')))
+        init_cfg=_base_.deit_s16_pretrained))
 
-# No weight decay on the parameters the model declares in no_weight_decay()
-# (APE table, PEG conv, SaPE2 / CoPE tables, RoPE frequencies, class token), as
-# each paper does for its own: the constructor reads them.
-optim_wrapper = dict(constructor='mmsape.DeclaredDecayOptimWrapperConstructor')
+optim_wrapper = dict(constructor=_base_.declared_decay_constructor)
+
+# mmseg's ADE20K pipelines with their types in mmseg's scope ('mmseg.X'), so
+# that they build the same whichever toolbox's scope is current (mmseg's
+# inference_model builds them in the caller's). mmcv's own transforms
+# (LoadImageFromFile, RandomResize, TestTimeAug), the same class in every
+# scope, keep their bare names, and so does the test pipeline's LoadAnnotations:
+# the toolboxes' inferencers find those two by name (mmseg's drop the latter).
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='mmseg.LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='mmseg.RandomCrop', crop_size=_base_.crop_size, cat_max_ratio=0.75),
+    dict(type='mmseg.RandomFlip', prob=0.5),
+    dict(type='mmseg.PhotoMetricDistortion'),
+    dict(type='mmseg.PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='mmseg.Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='mmseg.PackSegInputs'),
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='mmseg.Resize', scale_factor=r, keep_ratio=True)
+             for r in _base_.img_ratios],
+            [dict(type='mmseg.RandomFlip', prob=0., direction='horizontal'),
+             dict(type='mmseg.RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='mmseg.LoadAnnotations')],
+            [dict(type='mmseg.PackSegInputs')],
+        ]),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -4,11 +4,12 @@
 # with 10 warm-up epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0).
 # Published: APE 87.41, 2D RoPE 89.92, CoPE+APE 92.54, SaPE2 91.06,
 # SaPE2+APE 93.98 (CIFAR-10 top-1).
-_base_ = ['mmpretrain::_base_/datasets/cifar10_bs16.py',
-          'mmpretrain::_base_/default_runtime.py']
-custom_imports = dict(imports=['mmsape.models'], allow_failed_imports=False)
-# Checkpoints and the last_checkpoint pointer written atomically, whatever tool runs it.
-default_hooks = dict(checkpoint=dict(type='mmsape.AtomicCheckpointHook'))
+_base_ = [
+    'mmpretrain::_base_/datasets/cifar10_bs16.py',
+    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/mmsape_runtime.py',
+]
+default_hooks = dict(checkpoint=_base_.atomic_checkpoint_hook)
 
 model = dict(
     type='ImageClassifier',
@@ -28,14 +29,21 @@ model = dict(
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')),
     train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]))
 
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=256)
+# mmpretrain's CIFAR pipelines with their types in mmpretrain's scope
+# ('mmpretrain.X'), so that they build the same whichever toolbox's scope is
+# current (mmpretrain's ImageClassificationInferencer builds them in the caller's).
+train_pipeline = [
+    dict(type='mmpretrain.RandomCrop', crop_size=32, padding=4),
+    dict(type='mmpretrain.RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='mmpretrain.PackInputs'),
+]
+test_pipeline = [dict(type='mmpretrain.PackInputs')]
+train_dataloader = dict(batch_size=128, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(batch_size=256, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# The class token and position-encoding parameters get no weight decay: the
-# model declares them in no_weight_decay() and the constructor reads them.
 optim_wrapper = dict(
-    constructor='mmsape.DeclaredDecayOptimWrapperConstructor',
+    constructor=_base_.declared_decay_constructor,
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.),
     clip_grad=dict(max_norm=5.0))

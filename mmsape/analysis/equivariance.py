@@ -33,7 +33,6 @@ A ViT without position encoding is permutation-equivariant over its patch tokens
 its features roll exactly and both scores are 1.0 up to float rounding; a
 learned APE breaks this and scores lower.
 """
-import copy
 import math
 import tempfile
 from contextlib import contextmanager
@@ -41,7 +40,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config
 from torch import Tensor, nn
 
 SHIFT_MODES = ('circular', 'crop')
@@ -249,21 +247,14 @@ def find_backbone(model: nn.Module) -> nn.Module:
 
 
 def load_model(config: str, checkpoint: Optional[str], cfg_options: Optional[dict] = None):
-    """Build a config's model and test dataloader through MMEngine's Runner."""
-    from mmsape.utils import build_runner, prepare_scope
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    prepare_scope(cfg)
-    cfg = copy.deepcopy(cfg)
-    cfg.work_dir = tempfile.mkdtemp(prefix='equivariance_')
-    cfg.launcher = 'none'
-    cfg.load_from = None
+    """A config's model, with the checkpoint's weights, and its test dataloader,
+    through the Runner of :func:`mmsape.apis.build_test_runner`."""
+    from mmsape.apis import build_test_runner, load_config
+    cfg = load_config(config, cfg_options, work_dir=tempfile.mkdtemp(prefix='equivariance_'))
     cfg.log_level = 'WARNING'
     cfg.visualizer = dict(type='Visualizer', vis_backends=[])
-    runner = build_runner(cfg)
-    if checkpoint:
-        runner.load_checkpoint(checkpoint, map_location='cpu')
+    runner = build_test_runner(cfg, checkpoint)
+    runner.load_or_resume()  # what runner.test() would do first
     loader = runner.build_dataloader(cfg.test_dataloader)
     return runner.model.eval(), loader
 

@@ -156,12 +156,9 @@ def evaluate_at_sizes(config: Union[str, Config],
     Returns:
         list[dict]: Rows with :data:`CSV_COLUMNS`.
     """
-    from mmsape.utils import build_runner, prepare_scope
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    from mmsape.apis import build_test_runner, load_config
+    cfg = load_config(config, cfg_options)
     config_name = config if isinstance(config, str) else (cfg.filename or '<Config>')
-    prepare_scope(cfg)
     base_pipeline = cfg.test_dataloader.dataset.pipeline
     work_dir = work_dir or tempfile.mkdtemp(prefix='resolution_sweep_')
     rows = []
@@ -169,9 +166,6 @@ def evaluate_at_sizes(config: Union[str, Config],
         size_cfg = copy.deepcopy(cfg)
         size_cfg.test_dataloader.dataset.pipeline = override_test_resize(
             base_pipeline, size['height'], size['width'], keep_ratio)
-        size_cfg.work_dir = osp.join(work_dir, f'{size["height"]}x{size["width"]}')
-        size_cfg.load_from = checkpoint
-        size_cfg.launcher = 'none'
         # Only the test loop runs: drop the training/validation parts so that a
         # config's train dataset need not exist where the sweep runs.
         for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
@@ -186,7 +180,8 @@ def evaluate_at_sizes(config: Union[str, Config],
         # Every size reuses the same weights; a fresh Runner per size keeps the
         # pipelines independent (the dataloader is built once per Runner).
         size_cfg.experiment_name = f'size{index}'
-        runner = build_runner(size_cfg)
+        runner = build_test_runner(
+            size_cfg, checkpoint, work_dir=osp.join(work_dir, f'{size["height"]}x{size["width"]}'))
         results = runner.test()
         for name, value in sorted(results.items()):
             if metrics and name not in metrics:

@@ -10,9 +10,7 @@ whatever scope is current, so a process that used another toolbox before (and
 left its scope current) would otherwise look up, say, ``PackDetInputs`` among
 mmseg's transforms.
 """
-import copy
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import mmcv
@@ -31,7 +29,8 @@ from torch import nn
 
 from mmsape.utils import prepare_scope
 
-ConfigType = Union[str, Path, Config]
+from .runner import ConfigType, read_config
+
 ImagesType = Union[str, np.ndarray, Sequence[str], Sequence[np.ndarray]]
 Inferencer = Union[DetInferencer, MMSegInferencer, ImageClassificationInferencer]
 
@@ -49,15 +48,6 @@ def config_scope(cfg: Config) -> str:
             "inherit the toolbox's default runtime (e.g. 'mmdet::_base_/default_runtime.py') "
             f'or set default_scope to one of {sorted(TASKS)}.')
     return scope
-
-
-def _load_config(config: ConfigType) -> Config:
-    if isinstance(config, Config):
-        return copy.deepcopy(config)
-    if isinstance(config, (str, Path)):
-        return Config.fromfile(str(config))
-    raise TypeError(f'config must be a file path or an mmengine Config, not '
-                    f'{type(config).__name__}')
 
 
 @contextmanager
@@ -89,7 +79,7 @@ def init_model(config: ConfigType,
         and mmseg models, ``_config`` for mmpretrain ones) and ``dataset_meta``
         from the checkpoint, as the toolbox's function leaves it.
     """
-    cfg = _load_config(config)
+    cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     with _toolbox_scope(cfg) as scope:
@@ -151,7 +141,7 @@ def build_inferencer(config: ConfigType,
     (imported when it is read) and ``mmsape.``-prefixed types make mmsape's
     modules available there.
     """
-    cfg = _load_config(config)
+    cfg = read_config(config)
     with _toolbox_scope(cfg) as scope:
         if scope == 'mmdet':
             return DetInferencer(cfg, checkpoint, device=device, show_progress=False)

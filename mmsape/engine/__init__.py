@@ -13,14 +13,18 @@ registers with MMEngine, whatever the entry point (mmsape's, mmdet's or mmseg's
   through a temporary file, fsync and rename;
 * :class:`AtomicCheckpointHook`: ``CheckpointHook`` whose ``last_checkpoint``
   pointer is replaced atomically too.
+
+:func:`init_cpu_process_group` starts multi-process runs on machines without
+GPUs (gloo, :class:`CPUDistributedDataParallel`); :mod:`mmsape.apis` calls it.
 """
 from . import checkpoint_loaders, fileio
 from .hooks import AtomicCheckpointHook, ProgressBarHook, TorchRNGStateHook
 from .optimizers import DeclaredDecayOptimWrapperConstructor, LayerDecayOptimWrapperConstructor
-from .wrappers import CPUDistributedDataParallel
+from .wrappers import CPUDistributedDataParallel, init_cpu_process_group
 
 __all__ = [
     'checkpoint_loaders', 'fileio', 'AtomicCheckpointHook', 'CPUDistributedDataParallel',
     'DeclaredDecayOptimWrapperConstructor',
-    'LayerDecayOptimWrapperConstructor', 'ProgressBarHook', 'TorchRNGStateHook'
+    'LayerDecayOptimWrapperConstructor', 'ProgressBarHook', 'TorchRNGStateHook',
+    'init_cpu_process_group'
 ]

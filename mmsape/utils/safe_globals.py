@@ -56,6 +56,29 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
         'mmengine.logging.HistoryBuffer may be resolved from a checkpoint.')
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """A ``builtins.bytes`` stand-in that only builds the empty bytes object.
+
+    Pickle protocol 2 (``torch.save``'s) writes ``b''`` as the call
+    ``bytes()``, and non-empty bytes as ``_codecs.encode`` (allowed by
+    PyTorch). So an honest checkpoint holds ``bytes()`` only when it stores
+    empty bytes: directly, or as the data of an empty numpy array (an empty
+    ``HistoryBuffer``, a hook's ``np.array([])``). Any argument is refused:
+    ``bytes(10**12)`` would allocate a terabyte from a file of a few bytes.
+
+    Args:
+        *args: The pickled call's arguments; there must be none.
+
+    Returns:
+        bytes: ``b''``.
+    """
+    if args:
+        raise pickle.UnpicklingError(
+            f'Refused builtins.bytes(...) with {len(args)} argument(s): checkpoints '
+            'pickle only empty bytes as a call of bytes(), without arguments.')
+    return b''
+
+
 def _numpy_multiarray_module() -> Any:
     """Return numpy's C ``multiarray`` module without deprecation warnings."""
     try:  # numpy >= 1.26 (and 2.x, where ``numpy.core`` is deprecated)
@@ -90,7 +113,7 @@ def mmengine_checkpoint_safe_globals() -> tuple:
 
     Found empirically by saving a Runner checkpoint (model, SGD optimizer with
     momentum, param scheduler, message hub, ``dataset_meta`` with numpy
-    arrays) and loading it with ``weights_only=True``. Everything else a
+    arrays, an empty ``HistoryBuffer``) and loading it with ``weights_only=True``. Everything else a
     Runner saves (dicts, lists, tuples, ``OrderedDict``, ``Counter``,
     tensors, ``torch.Size``) is already allowed by PyTorch.
 
@@ -108,6 +131,9 @@ def mmengine_checkpoint_safe_globals() -> tuple:
         HistoryBuffer,
         # Restricted stand-in for the ``getattr`` calls in HistoryBuffer state.
         (_history_buffer_getattr, 'builtins.getattr'),
+        # Restricted stand-in for ``bytes()``: empty bytes, and the data of
+        # empty numpy arrays, in pickle protocol 2.
+        (_empty_bytes, 'builtins.bytes'),
         # numpy arrays: ``_reconstruct`` only allocates an empty ndarray (it
         # rejects non-ndarray classes), the data comes from ``ndarray``'s
         # ``__setstate__``, and object arrays are impossible because

@@ -1,28 +1,21 @@
-"""Set-up shared by ``tools/train.py`` and ``tools/test.py``: config, scope, Runner.
+"""Registering modules: mmsape's, and those of the toolbox a config belongs to.
 
 mmsape's modules are registered through the ``locations`` of its registries
 (:mod:`mmsape.registry`), never by importing ``mmsape.models`` from here: this
 package sits below every other one (see the layout section of the README).
+Reading configs and building Runners is :mod:`mmsape.apis`'s.
 """
 import datetime
 import importlib
-import os.path as osp
 import warnings
-from typing import Optional
 
-import torch
 from mmengine import DefaultScope
 from mmengine.config import Config
-from mmengine.logging import print_log
-from mmengine.registry import RUNNERS, Registry
-from mmengine.runner import Runner
+from mmengine.registry import Registry
 
 from mmsape import registry
 
-__all__ = [
-    'register_all_modules', 'load_config', 'prepare_scope', 'init_cpu_process_group',
-    'build_runner'
-]
+__all__ = ['register_all_modules', 'prepare_scope']
 
 #: default_scope -> package whose ``utils.register_all_modules`` registers it.
 SCOPE_PACKAGES = {
@@ -68,28 +61,11 @@ def register_all_modules(init_default_scope: bool = True) -> None:
         DefaultScope.get_instance(f'mmsape-{stamp}', scope_name='mmsape')
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = 'none',
-                work_dir: Optional[str] = None) -> Config:
-    """Read a config, apply ``--cfg-options``, and prepare its scope.
-
-    ``work_dir`` defaults to ``./work_dirs/<config name>`` as in mmdet / mmseg.
-    """
-    cfg = Config.fromfile(path)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
-    prepare_scope(cfg)
-    return cfg
-
-
 def prepare_scope(cfg: Config) -> str:
     """Register the modules of the config's ``default_scope`` and of mmsape.
 
-    Also picks the gloo backend for multi-process runs on machines without GPUs.
+    Args:
+        cfg (Config): A config of mmdet, mmseg, mmpretrain or mmsape.
 
     Returns:
         str: The scope.
@@ -106,40 +82,4 @@ def prepare_scope(cfg: Config) -> str:
                           f'imported ({error}); run tools/setup_env.sh.') from error
     utils.register_all_modules(init_default_scope=False)
     register_all_modules(init_default_scope=False)
-
-    if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
-        init_cpu_process_group(cfg)
     return scope
-
-
-def init_cpu_process_group(cfg: Config) -> None:
-    """Start the process group with gloo on machines without GPUs.
-
-    MMEngine 0.10.7's 'pytorch' launcher calls ``torch.cuda.set_device``
-    unconditionally, which fails without a GPU (the Runner skips its own
-    initialisation when a process group already exists), and wraps the model
-    in DDP with ``device_ids``, which torch rejects for CPU modules.
-    """
-    import torch.distributed as dist
-    if cfg.launcher != 'pytorch':
-        raise ValueError(f'launcher={cfg.launcher!r} needs GPUs; on CPU-only machines use '
-                         f'torchrun with --launcher pytorch (gloo backend).')
-    if dist.is_initialized():
-        return
-    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
-    if dist_cfg.get('backend', 'nccl') != 'gloo':
-        print_log('No GPU: using the gloo backend for distributed training.',
-                  logger='current')
-        dist_cfg['backend'] = 'gloo'
-    dist.init_process_group(backend='gloo')
-    if cfg.get('model_wrapper_cfg') is None:
-        cfg.model_wrapper_cfg = dict(
-            type='mmsape.CPUDistributedDataParallel', broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-
-
-def build_runner(cfg: Config) -> Runner:
-    """MMEngine's Runner, or the config's ``runner_type``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)

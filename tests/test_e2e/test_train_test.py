@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mmengine.config import Config
 
 from mmsape.testing.demo_data import ensure_demo_data
 
@@ -119,15 +118,11 @@ def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
 def build_and_step(config: str, encoding: str, work_dir: Path) -> float:
     """Build the task's Runner with another position encoding, train one
     iteration, return the loss."""
-    from mmsape.utils import build_runner, prepare_scope
-    cfg = Config.fromfile(ROOT / config)
-    cfg.merge_from_dict({'model.backbone.pos_encoding.type': encoding,
-                         'train_cfg.max_iters': 1, 'train_cfg.val_interval': 100,
-                         'default_hooks.checkpoint.interval': 100,
-                         'custom_hooks': [], 'work_dir': str(work_dir)})
-    cfg.launcher = 'none'
-    prepare_scope(cfg)
-    runner = build_runner(cfg)
+    from mmsape.apis import build_train_runner
+    runner = build_train_runner(ROOT / config, {
+        'model.backbone.pos_encoding.type': encoding, 'train_cfg.max_iters': 1,
+        'train_cfg.val_interval': 100, 'default_hooks.checkpoint.interval': 100,
+        'custom_hooks': []}, work_dir=str(work_dir))
     runner.train()
     return runner.message_hub.get_scalar('train/loss').current()
 

@@ -10,6 +10,7 @@ import os.path as osp
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import mmengine.runner
@@ -170,6 +171,39 @@ def test_runner_checkpoint_needs_the_allowlist(runner_checkpoint: dict) -> None:
     assert 'PLAIN_REFUSED UnpicklingError' in result.stdout
     assert 'HistoryBuffer' in result.stdout or 'numpy' in result.stdout
     assert f'ALLOWLISTED_LOADED iter {MAX_ITERS}' in result.stdout
+
+
+@pytest.mark.parametrize('payload', [HistoryBuffer(), np.array([]), b''],
+                         ids=['empty_history_buffer', 'empty_array', 'empty_bytes'])
+def test_empty_values_load_through_mmengine(tmp_path: Path, payload) -> None:
+    """Pickle protocol 2 writes each of these with a call of builtins.bytes: a
+    full checkpoint holding one (an empty message-hub buffer, a hook's
+    ``np.array([])``) is honest and loads."""
+    path = tmp_path / 'empty.pth'
+    state_dict = nn.Linear(2, 3).state_dict()
+    mmengine_checkpoint.save_checkpoint(
+        {'meta': {'iter': 1, 'payload': payload}, 'state_dict': state_dict}, str(path))
+    with zipfile.ZipFile(path) as archive:
+        pickled = next(archive.read(name) for name in archive.namelist()
+                       if name.endswith('/data.pkl'))
+    assert b'c__builtin__\nbytes\n' in pickled  # the call this test is about
+
+    loaded = mmengine_checkpoint._load_checkpoint(str(path), map_location='cpu')
+    value = loaded['meta']['payload']
+    if isinstance(payload, HistoryBuffer):
+        assert isinstance(value, HistoryBuffer) and value.max_length == payload.max_length
+        for logged, expected in zip(value.data, payload.data):
+            np.testing.assert_array_equal(logged, expected)
+            assert logged.dtype == expected.dtype
+        value.update(2.0)  # still a working buffer
+        assert value.mean() == 2.0
+    elif isinstance(payload, np.ndarray):
+        assert isinstance(value, np.ndarray)
+        assert value.shape == (0, ) and value.dtype == payload.dtype
+    else:
+        assert value == b'' and type(value) is bytes
+    for key, tensor in state_dict.items():
+        torch.testing.assert_close(loaded['state_dict'][key], tensor)
 
 
 # ---------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmsape.apis import build_train_runner
 from mmsape.testing.demo_data import ensure_demo_data
-from mmsape.utils import build_runner, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
@@ -36,7 +36,7 @@ def restore_process_state():
 
 
 def train(work_dir: Path, seed: int, name: str):
-    cfg = load_config(CONFIG, {
+    runner = build_train_runner(CONFIG, {
         'train_cfg.max_iters': MAX_ITERS,
         'randomness': dict(seed=seed, deterministic=True),
         'default_hooks.logger.interval': 1,
@@ -48,7 +48,6 @@ def train(work_dir: Path, seed: int, name: str):
         'val_dataloader': None, 'val_cfg': None, 'val_evaluator': None,
         'custom_hooks': [dict(type='mmsape.TorchRNGStateHook')],
     }, work_dir=str(work_dir))
-    runner = build_runner(cfg)
     runner.train()
     losses, counts = runner.message_hub.get_scalar('train/loss').data
     assert len(losses) == MAX_ITERS and (counts == 1).all()

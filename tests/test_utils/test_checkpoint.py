@@ -48,11 +48,12 @@ def _isolate_global_state() -> Iterator[None]:
 def test_allowlist_holds_only_data_types() -> None:
     multiarray = safe_globals_module._numpy_multiarray_module()
     allowed_functions = {safe_globals_module._history_buffer_getattr,
+                         safe_globals_module._empty_bytes,
                          multiarray._reconstruct, multiarray.scalar}
     for entry in mmengine_checkpoint_safe_globals():
         obj = entry[0] if isinstance(entry, tuple) else entry
         assert isinstance(obj, type) or obj in allowed_functions, entry
-        assert obj is not getattr and obj is not np.dtypes.ObjectDType
+        assert obj is not getattr and obj is not bytes and obj is not np.dtypes.ObjectDType
     allow_mmengine_checkpoint_types()
     allow_mmengine_checkpoint_types()  # idempotent
     registered = torch.serialization.get_safe_globals()
@@ -118,6 +119,64 @@ def test_getattr_is_restricted_to_history_buffer_statistics(tmp_path: Path, obj:
         load_checkpoint_safely(path)
     torch.save({'x': GetattrPayload(HistoryBuffer, 'mean')}, path)
     assert load_checkpoint_safely(path)['x'] is HistoryBuffer.mean
+
+
+class ReducePayload:
+    """Pickles as ``function(*args)``, then ``BUILD`` with ``state`` if given."""
+
+    def __init__(self, function, args: tuple, state=None) -> None:
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return (self.function, self.args) if self.state is None else (
+            self.function, self.args, self.state)
+
+
+def torch_file_with_pickle(path: Path, pickle_bytes: bytes) -> Path:
+    """A torch zip checkpoint whose ``data.pkl`` is ``pickle_bytes`` (no tensors)."""
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as target:
+        for name, data in entries.items():
+            target.writestr(name, pickle_bytes if name.endswith('/data.pkl') else data)
+    return path
+
+
+@pytest.mark.parametrize('payload, refused', [
+    # a terabyte allocated from a few bytes of file
+    (ReducePayload(bytes, (10**12, )), 'builtins.bytes'),
+    (ReducePayload(bytes, ('text', 'utf-8')), 'builtins.bytes'),
+    # bytes() as an argument of a forbidden call
+    (ReducePayload(os.system, (b'', )), 'posix.system' if os.name == 'posix' else None),
+    # the empty bytes object given attributes
+    (ReducePayload(bytes, (), {'__class__': OrderedDict}), "<class 'bytes'>"),
+    # bytes' methods reached through getattr
+    (GetattrPayload(bytes, 'fromhex'), 'builtins.getattr'),
+])
+def test_bytes_builds_only_empty_bytes(tmp_path: Path, payload, refused) -> None:
+    """``builtins.bytes`` is allowed for the ``bytes()`` of empty bytes (and
+    empty arrays) in pickle protocol 2, and for nothing else."""
+    path = tmp_path / 'bytes.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'x': payload}, path)
+    with pytest.raises(UnsafeCheckpointError) as error:
+        load_checkpoint_safely(path)
+    if refused:
+        assert f'offending global: {refused}' in str(error.value)
+    torch.save({'x': ReducePayload(bytes, ())}, path)  # what pickle writes for b''
+    assert load_checkpoint_safely(path)['x'] == b''
+
+
+def test_the_result_of_bytes_is_not_callable(tmp_path: Path) -> None:
+    """A hand-written pickle that calls what ``bytes()`` returned."""
+    # PROTO 2, GLOBAL builtins.bytes, (), REDUCE -> b''; (), REDUCE -> b''(); STOP
+    stream = b'\x80\x02c__builtin__\nbytes\n)R)R.'
+    path = torch_file_with_pickle(tmp_path / 'call.pth', stream)
+    with pytest.raises(UnsafeCheckpointError, match="offending global: b''"):
+        load_checkpoint_safely(path)
+    # Control: the same file with one call only is a valid checkpoint.
+    path = torch_file_with_pickle(tmp_path / 'value.pth', b'\x80\x02c__builtin__\nbytes\n)R.')
+    assert load_checkpoint_safely(path) == b''
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from mmsape.analysis.resolution import (
     CSV_COLUMNS,
@@ -35,6 +35,7 @@ from mmsape.analysis.resolution import (
     sweep_sizes,
     write_csv,
 )
+from mmsape.apis import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,9 +70,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     rows = []
     for index, (config, checkpoint) in enumerate(args.model):
-        cfg = Config.fromfile(config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_config(config, args.cfg_options)
         base_hw = parse_size(args.base_size) if args.base_size else base_size_of(cfg)
         if args.sizes:
             sizes = [describe_size(*parse_size(s), base_hw) for s in args.sizes]

@@ -4,10 +4,9 @@
 # final norm; DeiT-S weights. Detector configs take it as
 # `backbone=dict(_base_.vitdet_backbone, _delete_=True, img_size=...)` and set
 # the training size (the learned APE table's grid); the demo shrinks it.
+_base_ = ['./vit-s16.py']
 vitdet_backbone = dict(
-    type='mmsape.PosEncViT',
-    arch='deit-small',
-    patch_size=16,
+    _base_.vit_s16_backbone,
     with_cls_token=False,
     out_type='featmap',
     out_indices=(11, ),
@@ -15,5 +14,4 @@ vitdet_backbone = dict(
     global_attn_indexes=(2, 5, 8, 11),
     drop_path_rate=0.1,
     final_norm=False,
-    pos_encoding=dict(type='mmsape.LearnedAPE'),
-    init_cfg=dict(type='Pretrained', checkpoint='pretrain/deit_small_patch16_224-cd65a155.pth'))
+    init_cfg=_base_.deit_s16_pretrained)

@@ -401,7 +401,8 @@ class PosEncViT(BaseModule):
     # ------------------------------------------------------------------- init
     def _convert_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
         """Load-state-dict pre-hook: timm / DeiT / mmpretrain / mmseg keys to
-        mmsape's, parameters the source lacks set to reproduce it (see
+        mmsape's (the position encoding converting its own), parameters the
+        source lacks set to reproduce it (see
         :mod:`mmsape.models.utils.vit_pretrained`); mmsape's keys pass unchanged."""
         self._pending_conversion = convert_vit_state_dict(state_dict, prefix, self)
 

@@ -160,6 +160,25 @@ class LearnedAPE(BasePositionEncoding):
 
     # --- checkpoint loading -------------------------------------------------
 
+    def convert_checkpoint_keys(self, state: dict, prefix: str) -> list:
+        """A ViT checkpoint's table (``pos_embed`` at the top level in timm, DeiT,
+        mmpretrain, mmseg and the SaPE² authors' code) becomes this module's;
+        its load hook then resamples it to ``base_grid``.
+
+        Examples:
+            >>> import torch
+            >>> pe = LearnedAPE(embed_dims=8, num_heads=2, num_layers=2, base_grid=(2, 2))
+            >>> state = {'pos_embed': torch.zeros(1, 5, 8), 'cls_token': torch.zeros(1, 1, 8)}
+            >>> pe.convert_checkpoint_keys(state, 'pos_encoding.'), sorted(state)
+            ([], ['cls_token', 'pos_encoding.pos_embed'])
+        """
+        if 'pos_embed' in state:
+            state[prefix + 'pos_embed'] = state.pop('pos_embed')
+        return []
+
+    def resampled_on_load(self) -> set:
+        return {'pos_embed'}
+
     def _record_grid_in_metadata(self, module: nn.Module, state_dict: dict, prefix: str,
                                  local_metadata: dict) -> None:
         # The token count alone cannot tell 16x64 from 32x32; the metadata travels

@@ -19,6 +19,12 @@ only the hook it needs:
   ``tokens`` (checked when the class is defined); an encoding that needs them
   (PaPE computes its curvatures from them) raises when it gets ``None``.
 
+Checkpoints of other code bases (timm, DeiT, mmpretrain, mmseg, a paper's own
+code) name an encoding's parameters their way. Each encoding converts its own:
+the backbone's load hook hands it the checkpoint's keys
+(:meth:`~BasePositionEncoding.convert_checkpoint_keys`) before converting the
+rest of the ViT.
+
 Parameters that belong to one block (a table per layer) live in a container
 named by :attr:`~BasePositionEncoding.per_block_attr` and keyed by the block
 index (``'<per_block_attr>.<block>'``), so that layer-wise lr decay and
@@ -30,7 +36,7 @@ row-major order, with H and W free to differ and to change from batch to batch.
 """
 import inspect
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch.nn.functional as F
 from mmengine.model import BaseModule
@@ -198,6 +204,56 @@ class BasePositionEncoding(BaseModule):
     def check_compatible(self, *, window_size: int, with_cls_token: bool) -> None:
         """Raise ``ValueError`` naming the option to change when the backbone's
         configuration cannot work with this encoding (called at build time)."""
+
+    # --- checkpoints of other code bases ------------------------------------
+
+    @classmethod
+    def foreign_checkpoint_source(cls, state: Mapping[str, Tensor]) -> Optional[str]:
+        """The code base whose layout of this encoding's parameters ``state``
+        holds, when only this encoding can convert it; None (the default) when
+        it holds none.
+
+        The backbone asks every registered encoding, so that a checkpoint whose
+        encoding the model lacks fails with an error naming the encoding to add,
+        instead of loading without it.
+
+        Args:
+            state (Mapping[str, Tensor]): A backbone's weights as saved (keys
+                without the backbone's prefix).
+
+        Returns:
+            str | None: E.g. 'sape2-authors'; it becomes the load report's
+            ``source``.
+        """
+        return None
+
+    def convert_checkpoint_keys(self, state: Dict[str, Tensor], prefix: str) -> List[str]:
+        """Give the keys under which other code bases save this encoding's
+        parameters this module's names, in ``state`` itself.
+
+        The backbone's load-state-dict pre-hook calls it with the checkpoint's
+        backbone weights as saved (timm / DeiT / mmpretrain / mmseg / a paper's
+        code names, no backbone prefix), before it converts the rest of the ViT;
+        mmsape's own keys already match and pass unchanged. The default
+        converts nothing.
+
+        Args:
+            state (dict[str, Tensor]): The backbone's weights, changed in place.
+            prefix (str): Where this encoding sits in the backbone, e.g.
+                ``'pos_encoding.'`` (``'pos_encoding.encodings.1.'`` in a stack).
+
+        Returns:
+            list[str]: Checkpoint keys dropped because this encoding has no
+            place for them (reported as unexpected).
+        """
+        return []
+
+    def resampled_on_load(self) -> Set[str]:
+        """Names (relative to this module) of the parameters that this
+        encoding's own load hook resamples to its shape, so that a checkpoint
+        tensor of another shape is reported as resized, not refused. None by
+        default."""
+        return set()
 
     def extra_repr(self) -> str:
         return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}'

@@ -128,3 +128,12 @@ class PositionEncodingStack(BasePositionEncoding):
     def check_compatible(self, **options):
         for encoding in self.encodings:
             encoding.check_compatible(**options)
+
+    def convert_checkpoint_keys(self, state, prefix):
+        # In list order: the first learned APE takes a checkpoint's table.
+        return [key for i, encoding in enumerate(self.encodings)
+                for key in encoding.convert_checkpoint_keys(state, f'{prefix}encodings.{i}.')]
+
+    def resampled_on_load(self):
+        return {f'encodings.{i}.{name}' for i, e in enumerate(self.encodings)
+                for name in e.resampled_on_load()}

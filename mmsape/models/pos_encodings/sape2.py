@@ -68,6 +68,7 @@ from mmsape.ops.sape2.dispatch import BIAS_CHOICES, DISTANCE_CHOICES, IMPL_CHOIC
 from mmsape.registry import POS_ENCODINGS
 
 from .base import AttentionBiasPositionEncoding, TokenGrid
+from .sape2_checkpoint import convert_authors_sape2_tables, is_authors_sape2_state
 
 EMBED_WITH_CHOICES = ('query', 'key')
 TABLE_VALUES_CHOICES = ('embeddings', 'head_scalars', 'parabola')
@@ -361,6 +362,17 @@ class SaPE2(AttentionBiasPositionEncoding):
                 table = state_dict.get(key)
                 if table is not None and tuple(table.shape) == (2, rows + 1, values):
                     state_dict[key] = table[:, :rows]
+
+    @classmethod
+    def foreign_checkpoint_source(cls, state) -> Optional[str]:
+        return 'sape2-authors' if is_authors_sape2_state(state) else None
+
+    def convert_checkpoint_keys(self, state: dict, prefix: str) -> List[str]:
+        """The tables of a checkpoint trained with the SaPE² authors' code
+        (:mod:`.sape2_checkpoint`) become this module's; other keys pass."""
+        if not is_authors_sape2_state(state):
+            return []
+        return convert_authors_sape2_tables(self, state, prefix)
 
     # --------------------------------------------------------------- forward
     @property

@@ -1,4 +1,5 @@
-from .sape2_pretrained import convert_authors_sape2_state, is_authors_sape2_state
+"""Backbone checkpoint conversion (timm / DeiT / mmpretrain / mmseg ViTs); each
+position encoding converts its own keys (``BasePositionEncoding.convert_checkpoint_keys``)."""
 from .vit_pretrained import (
                              ViTCheckpointConversion,
                              convert_vit_keys,
@@ -10,6 +11,5 @@ from .vit_pretrained import (
 
 __all__ = [
     'ViTCheckpointConversion', 'convert_vit_keys', 'convert_vit_state_dict',
-    'format_load_report', 'load_vit_pretrained', 'unwrap_state_dict',
-    'convert_authors_sape2_state', 'is_authors_sape2_state'
+    'format_load_report', 'load_vit_pretrained', 'unwrap_state_dict'
 ]

@@ -9,11 +9,15 @@ nothing to convert and pass through unchanged.
 
 What the conversion does:
 
+* asks the model's position encoding (each one of a stack) to convert its own
+  keys (``BasePositionEncoding.convert_checkpoint_keys``): the learned APE takes
+  the ``pos_embed`` table, which its own load hook resamples to the configured
+  grid (with the interpolation the APE is configured with), and SaPE² converts
+  the tables of checkpoints trained with the SaPE² authors' code; a checkpoint
+  in a layout only an encoding the model lacks can convert is refused, naming
+  that encoding;
 * renames mmpretrain / mmseg keys (``layers.<i>.ln1`` ...) to mmsape's timm-like
-  ones, converts the SaPE² tables of checkpoints trained with the SaPE² authors'
-  code (:mod:`.sape2_pretrained`), and hands the ``pos_embed`` table to the model's
-  :class:`~mmsape.models.pos_encodings.LearnedAPE`, whose own load hook resamples
-  it to the configured grid (with the interpolation the APE is configured with);
+  ones;
 * drops what a backbone never has (classifier heads, DeiT's distillation token, a
   class token the model does not use) and, for a whole classifier / detector /
   segmentor file given where a backbone file is expected, everything outside
@@ -33,16 +37,16 @@ from mmengine.logging import print_log
 from timm.layers import LayerScale
 from torch import Tensor, nn
 
-from mmsape.models.pos_encodings import LearnedAPE
+from mmsape.models.pos_encodings.base import BasePositionEncoding
+from mmsape.models.pos_encodings.builder import registered_pos_encodings
+from mmsape.registry import POS_ENCODINGS
 from mmsape.utils import format_state_dict_report, load_checkpoint_safely
-
-from .sape2_pretrained import convert_authors_sape2_state, is_authors_sape2_state
 
 Shape = Tuple[int, ...]
 
 #: (pattern, replacement) applied in order to every key, after prefix removal.
 #: timm and DeiT keys already match mmsape's names, except the position table
-#: (handed to the LearnedAPE) and the register tokens.
+#: (which the learned APE takes) and the register tokens.
 KEY_RULES: List[Tuple[str, str]] = [
     (r'^patch_embed\.projection\.', 'patch_embed.proj.'),            # mmpretrain, mmseg
     (r'^layers\.(\d+)\.ln1\.', r'blocks.\1.norm1.'),
@@ -86,14 +90,15 @@ class ViTCheckpointConversion:
 
     Args:
         prefix (str): Where the backbone sits in the loaded state dict.
-        source (str): 'timm' (also DeiT), 'mmpretrain', 'mmseg', 'sape2-authors'
-            (the SaPE² authors' DeiT-style code) or 'mmsape'.
+        source (str): 'timm' (also DeiT), 'mmpretrain', 'mmseg', 'mmsape', or the
+            layout a position encoding recognised (``foreign_checkpoint_source``:
+            'sape2-authors' for the SaPE² authors' DeiT-style code).
         backbone_of_whole_model (bool): The keys came from ``backbone.`` of a
             classifier / detector / segmentor checkpoint.
         dropped (list[str]): Keys of parts the model does not have.
         filled (dict[str, float]): Parameters the source lacks, set to the value.
         resized (list[tuple]): ``(key, checkpoint_shape, model_shape)`` of the
-            position table, which the learned APE resamples.
+            tensors the position encoding resamples (the learned APE's table).
         mismatched (list[tuple]): Other keys whose shapes differ; the loader
             refuses them (MMEngine skips them with a warning, torch raises).
     """
@@ -209,41 +214,57 @@ def checkpoint_source(keys: Iterable[str]) -> str:
     return 'timm' if 'pos_embed' in keys or 'reg_token' in keys else 'mmsape'
 
 
-def convert_vit_keys(state: Dict[str, Tensor], ape_key: Optional[str]) -> Tuple[
-        Dict[str, Tensor], List[str]]:
+def convert_vit_keys(state: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], List[str]]:
     """Rename keys to mmsape's; return the converted dict and the ignored keys.
+
+    Run after the position encoding converted its keys: a ``pos_embed`` left
+    (the model has no learned APE) is ignored.
 
     Args:
         state (dict): Unprefixed backbone weights.
-        ape_key (str, optional): Key of the model's learned APE table, e.g.
-            'pos_encoding.pos_embed'; None drops a checkpoint ``pos_embed``.
 
     Examples:
         >>> import torch
         >>> state = {'layers.0.ln1.weight': torch.ones(2), 'ln1.bias': torch.zeros(2),
         ...          'pos_embed': torch.zeros(1, 5, 2), 'head.weight': torch.zeros(3, 2)}
-        >>> converted, ignored = convert_vit_keys(state, 'pos_encoding.pos_embed')
+        >>> converted, ignored = convert_vit_keys(state)
         >>> sorted(converted), ignored
-        (['blocks.0.norm1.weight', 'norm.bias', 'pos_encoding.pos_embed'], ['head.weight'])
+        (['blocks.0.norm1.weight', 'norm.bias'], ['pos_embed', 'head.weight'])
     """
     converted, ignored = {}, []
     for key, value in state.items():
-        if IGNORED_KEYS.match(key) or (key == 'pos_embed' and ape_key is None):
+        if IGNORED_KEYS.match(key) or key == 'pos_embed':
             ignored.append(key)
             continue
-        if key == 'pos_embed':
-            key = ape_key
         for pattern, replacement in KEY_RULES:
             key = re.sub(pattern, replacement, key)
         converted[key] = value
     return converted, ignored
 
 
-def find_ape_key(model: nn.Module) -> Optional[str]:
-    """State-dict key of the model's learned APE table, if it has one."""
-    for name, module in model.named_modules():
-        if isinstance(module, LearnedAPE):
-            return f'{name}.pos_embed'
+def foreign_encoding_source(state: Mapping[str, Tensor],
+                            encoding: BasePositionEncoding) -> Optional[str]:
+    """The layout of a registered position encoding that ``state`` holds, if any
+    (e.g. 'sape2-authors'); refused when ``encoding`` has no such part, since
+    only that encoding converts it.
+
+    Args:
+        state (Mapping[str, Tensor]): Unprefixed backbone weights as saved.
+        encoding (BasePositionEncoding): The model's encoding (a stack or one).
+
+    Raises:
+        ValueError: The model lacks the encoding, named in the message.
+    """
+    for name in registered_pos_encodings():
+        encoding_cls = POS_ENCODINGS.get(name)
+        source = encoding_cls.foreign_checkpoint_source(state)
+        if source is None:
+            continue
+        if not any(isinstance(part, encoding_cls) for part in encoding.modules()):
+            raise ValueError(f'The checkpoint holds {name} parameters saved by {source!r}, '
+                             f'but the model has no {name}; add dict(type={name!r}) to its '
+                             f'pos_encoding.')
+        return source
     return None
 
 
@@ -255,7 +276,8 @@ def convert_vit_state_dict(state_dict: dict, prefix: str,
     Args:
         state_dict (dict): The dict handed to the model's ``_load_from_state_dict``.
         prefix (str): The model's prefix in it ('' at the root, 'backbone.' ...).
-        model (nn.Module): The backbone the weights are loaded into.
+        model (nn.Module): The backbone the weights are loaded into; its
+            ``pos_encoding`` converts its own keys.
 
     Returns:
         ViTCheckpointConversion | None: What was done; None when the state dict
@@ -275,13 +297,12 @@ def convert_vit_state_dict(state_dict: dict, prefix: str,
     conversion = ViTCheckpointConversion(prefix, checkpoint_source(local),
                                          backbone_of_whole_model=whole_model)
 
-    authors_unused = []
-    if is_authors_sape2_state(local):
-        conversion.source = 'sape2-authors'
-        local, authors_unused = convert_authors_sape2_state(local, model)
-    ape_key = find_ape_key(model)
-    converted, conversion.dropped = convert_vit_keys(local, ape_key)
-    conversion.dropped += authors_unused
+    encoding = model.pos_encoding
+    conversion.source = foreign_encoding_source(local, encoding) or conversion.source
+    encoding_dropped = encoding.convert_checkpoint_keys(local, 'pos_encoding.')
+    converted, conversion.dropped = convert_vit_keys(local)
+    conversion.dropped += encoding_dropped
+    resampled = {f'pos_encoding.{name}' for name in encoding.resampled_on_load()}
     own = model.state_dict(keep_vars=True)
     if 'cls_token' in converted and 'cls_token' not in own:
         conversion.dropped.append('cls_token')
@@ -290,7 +311,7 @@ def convert_vit_state_dict(state_dict: dict, prefix: str,
     for key, value in converted.items():
         if key in own and value.shape != own[key].shape:
             entry = (key, tuple(value.shape), tuple(own[key].shape))
-            (conversion.resized if key == ape_key else conversion.mismatched).append(entry)
+            (conversion.resized if key in resampled else conversion.mismatched).append(entry)
     state_dict.update({prefix + key: value for key, value in converted.items()})
     state_dict.update({prefix + key: torch.full_like(own[key], value).detach()
                        for key, value in conversion.filled.items()})

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from mmsape.models import PosEncViT
-from mmsape.models.utils import convert_authors_sape2_state, is_authors_sape2_state
+from mmsape.models.pos_encodings import SaPE2
+from mmsape.models.pos_encodings.sape2_checkpoint import is_authors_sape2_state
 
 EMBED, HEADS, DEPTH, PATCH, IMAGE, NPOS = 16, 2, 2, 4, 20, 4
 HEAD_DIMS = EMBED // HEADS
@@ -140,24 +141,54 @@ def test_authors_checkpoint_gives_the_authors_model(tmp_path, embed_with):
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9)
 
 
+def convert(model: PosEncViT, state: dict) -> tuple:
+    """``(converted state, dropped keys)``: what the model's SaPE² makes of an
+    authors' state dict, asked as the backbone's load hook asks it."""
+    state = dict(state)
+    parts = getattr(model.pos_encoding, 'encodings', [model.pos_encoding])
+    (index, sape), = [(i, part) for i, part in enumerate(parts) if isinstance(part, SaPE2)]
+    prefix = f'pos_encoding.encodings.{index}.' if len(parts) > 1 else 'pos_encoding.'
+    return state, sape.convert_checkpoint_keys(state, prefix)
+
+
 def test_conversion_drops_unused_parameters_and_checks_the_model():
     state = authors_state_dict()
-    converted, dropped = convert_authors_sape2_state(state, mmsape_model())
+    assert SaPE2.foreign_checkpoint_source(state) == 'sape2-authors'
+    converted, dropped = convert(mmsape_model(), state)
     assert set(dropped) == {f'blocks.{i}.{name}' for i in range(DEPTH) for name in (
         'gamma_1', 'gamma_2', 'attn.cope.cope_x.w_k', 'attn.cope.cope_y.w_k')}
     assert not any('cope' in key for key in converted)
     assert converted['pos_encoding.encodings.1.position_tables.0'].shape == (2, NPOS, HEAD_DIMS)
     with pytest.raises(ValueError, match='num_positions=4'):
-        convert_authors_sape2_state(state, _model_with_positions(NPOS + 1))
+        convert(_model_with_positions(NPOS + 1), state)
     with pytest.raises(ValueError, match="count_from"):
-        convert_authors_sape2_state(state, mmsape_model(count_from='query', bias='lookup'))
+        convert(mmsape_model(count_from='query', bias='lookup'), state)
     with pytest.raises(ValueError, match='has no SaPE2'):
-        convert_authors_sape2_state(state, PosEncViT(
-            arch=dict(embed_dims=EMBED, num_layers=DEPTH, num_heads=HEADS,
-                      feedforward_channels=2 * EMBED), img_size=IMAGE, patch_size=PATCH))
+        PosEncViT(arch=dict(embed_dims=EMBED, num_layers=DEPTH, num_heads=HEADS,
+                            feedforward_channels=2 * EMBED),
+                  img_size=IMAGE, patch_size=PATCH).load_state_dict(state)
     state['blocks.0.attn.cope.cope_x.w_k'] = torch.ones(1, HEAD_DIMS, HEAD_DIMS)
     with pytest.raises(ValueError, match='mode=1'):
-        convert_authors_sape2_state(state, mmsape_model())
+        convert(mmsape_model(), state)
+
+
+def test_a_refused_checkpoint_is_left_unchanged():
+    """The checks all run before the state dict is changed."""
+    state = authors_state_dict()
+    before = dict(state)
+    with pytest.raises(ValueError, match='num_positions=4'):
+        _model_with_positions(NPOS + 1).pos_encoding.convert_checkpoint_keys(
+            state, 'pos_encoding.')
+    assert state.keys() == before.keys()
+    assert all(state[key] is value for key, value in before.items())
+
+
+def test_other_checkpoints_pass_unchanged():
+    """Keys of another layout (timm's) are not the SaPE²'s to convert."""
+    state = {key: value for key, value in authors_state_dict().items() if 'cope' not in key}
+    converted, dropped = convert(mmsape_model(), state)
+    assert SaPE2.foreign_checkpoint_source(state) is None
+    assert dropped == [] and converted == state
 
 
 def _model_with_positions(num_positions):

@@ -1,4 +1,9 @@
-"""Load ViTs trained with the SaPE² authors' code into :class:`PosEncViT`.
+"""The SaPE² authors' checkpoint layout, converted for :class:`~.sape2.SaPE2`.
+
+ViTs trained with the SaPE² authors' code load into :class:`PosEncViT` through the
+backbone's load hook, which asks its encodings to convert their own keys
+(:meth:`~.base.BasePositionEncoding.convert_checkpoint_keys`); SaPE2 answers
+with :func:`convert_authors_sape2_tables`.
 
 The authors' DeiT-style ViT (``cope_vit_models`` of their ``models_cope_2d.py``)
 names its tensors as timm / DeiT do (``cls_token``, ``pos_embed`` including the
@@ -9,8 +14,8 @@ parameter whose column t is ``e[t]``. Their block class also holds parameters
 that its forward never uses: the LayerScale factors ``gamma_1`` / ``gamma_2``
 (the block adds the attention and MLP outputs unscaled), the per-axis ``w_k``
 of a gating variant (``mode=1``, zero otherwise) and, in some versions, the
-modules of a wavelet variant (``dwt``). :func:`convert_authors_sape2_state`
-turns the tables into :class:`~mmsape.models.SaPE2`'s ``position_tables.<i>``
+modules of a wavelet variant (``dwt``). :func:`convert_authors_sape2_tables`
+turns the tables into :class:`~.sape2.SaPE2`'s ``position_tables.<i>``
 (``(2, M, head_dim)``) and drops the unused entries; everything else is left
 to the ViT key conversion.
 
@@ -21,7 +26,7 @@ num_positions=M, embed_with=...)]`` with the default (published) SaPE² options,
 checkpoint, and no LayerScale.
 """
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -38,41 +43,26 @@ def is_authors_sape2_state(state: Dict[str, Tensor]) -> bool:
     return any(AUTHORS_TABLE_KEY.match(key) for key in state)
 
 
-def find_sape2(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
-    """``(name, module)`` of the model's :class:`~mmsape.models.SaPE2`, if any."""
-    from mmsape.models.pos_encodings import SaPE2
-    for name, module in model.named_modules():
-        if isinstance(module, SaPE2):
-            return name, module
-    return None
-
-
-def convert_authors_sape2_state(state: Dict[str, Tensor], model: nn.Module) -> Tuple[
-        Dict[str, Tensor], List[str]]:
-    """Convert the SaPE² tables of an authors' checkpoint for ``model``.
+def convert_authors_sape2_tables(sape: nn.Module, state: Dict[str, Tensor],
+                                 prefix: str) -> List[str]:
+    """Give the SaPE² tables of an authors' checkpoint ``sape``'s names, in place.
 
     Args:
-        state (dict): The checkpoint's backbone state dict, the authors' keys.
-        model (nn.Module): The :class:`~mmsape.models.PosEncViT` to load into;
-            its SaPE² must be configured as the authors' model (see the module
-            docstring).
+        sape (SaPE2): The encoding to load into; it must be configured as the
+            authors' model (see the module docstring).
+        state (dict): The checkpoint's backbone weights, the authors' keys.
+        prefix (str): Where ``sape`` sits in the backbone, e.g.
+            ``'pos_encoding.encodings.1.'``.
 
     Returns:
-        tuple[dict, list[str]]: The state dict with the tables as
-        ``<sape2>.position_tables.<i>`` and without the unused parameters, and
-        the dropped keys.
+        list[str]: The dropped keys (parameters the authors' forward never
+        uses); the tables are now ``<prefix>position_tables.<i>``.
 
     Raises:
-        ValueError: When the model has no SaPE², when its options cannot
-            reproduce the authors' layer, or when the checkpoint used a variant
-            that mmsape does not implement (non-zero ``w_k``).
+        ValueError: When ``sape``'s options cannot reproduce the authors'
+            layer, or when the checkpoint used a variant that mmsape does not
+            implement (non-zero ``w_k``).
     """
-    found = find_sape2(model)
-    if found is None:
-        raise ValueError('The checkpoint holds SaPE² tables of the authors\' code '
-                         '(blocks.<i>.attn.cope.cope_x.pos_emb), but the model has no SaPE2; '
-                         "add dict(type='SaPE2') to its pos_encoding.")
-    name, sape = found
     published = dict(count_from='row_end', bias='distance', table_values='embeddings',
                      position_mode='clamp', distance='l2', scale_gates=True,
                      gate_temperature=1., negative_bias=False)
@@ -81,25 +71,22 @@ def convert_authors_sape2_state(state: Dict[str, Tensor], model: nn.Module) -> T
     if different:
         raise ValueError(f'The authors\' SaPE² is the published form; the model\'s SaPE2 '
                          f'sets {different}: leave these options at their defaults.')
-    converted, dropped, tables = {}, [], {}
+    for key, value in state.items():
+        if key.endswith('.w_k') and AUTHORS_UNUSED_KEY.match(key) and value.abs().max() > 0:
+            raise ValueError(f'{key} is not zero: the checkpoint was trained with the '
+                             f'authors\' mode=1 gates (keys projected by w_k), which '
+                             f'mmsape does not implement.')
+    axes_of_block: Dict[int, Dict[str, Tensor]] = {}
     for key, value in state.items():
         table = AUTHORS_TABLE_KEY.match(key)
         if table:
-            tables.setdefault(int(table[1]), {})[table[2]] = value
-        elif AUTHORS_UNUSED_KEY.match(key):
-            if key.endswith('.w_k') and value.abs().max() > 0:
-                raise ValueError(f'{key} is not zero: the checkpoint was trained with the '
-                                 f'authors\' mode=1 gates (keys projected by w_k), which '
-                                 f'mmsape does not implement.')
-            dropped.append(key)
-        else:
-            converted[key] = value
-    if sorted(tables) != sorted(sape.layers):
-        raise ValueError(f'The checkpoint has SaPE² tables in blocks {sorted(tables)}, the '
-                         f'model in {list(sape.layers)}; set the SaPE2 option layers (or '
+            axes_of_block.setdefault(int(table[1]), {})[table[2]] = value
+    if sorted(axes_of_block) != sorted(sape.layers):
+        raise ValueError(f'The checkpoint has SaPE² tables in blocks {sorted(axes_of_block)}, '
+                         f'the model in {list(sape.layers)}; set the SaPE2 option layers (or '
                          f'the arch) to match.')
-    prefix = f'{name}.position_tables' if name else 'position_tables'
-    for block, axes in tables.items():
+    tables = {}
+    for block, axes in axes_of_block.items():
         if set(axes) != {'x', 'y'}:
             raise ValueError(f'Block {block} of the checkpoint lacks the table of axis '
                              f'{({"x", "y"} - set(axes)).pop()}.')
@@ -111,9 +98,14 @@ def convert_authors_sape2_state(state: Dict[str, Tensor], model: nn.Module) -> T
                 f'{stacked[0].shape[1]} (npos_max, head_dim); the model\'s SaPE2 has '
                 f'num_positions={expected[0]} and head_dim={expected[1]}: set '
                 f'num_positions={stacked[0].shape[0]} (and the arch) to match.')
-        converted[f'{prefix}.{block}'] = torch.stack(stacked).contiguous()
-    return converted, sorted(dropped)
+        tables[f'{prefix}position_tables.{block}'] = torch.stack(stacked).contiguous()
+    # Every check passed: change the state dict (not before, so that a refused
+    # checkpoint is left as it was).
+    dropped = sorted(key for key in state if AUTHORS_UNUSED_KEY.match(key))
+    for key in dropped + [key for key in state if AUTHORS_TABLE_KEY.match(key)]:
+        del state[key]
+    state.update(tables)
+    return dropped
 
 
-__all__ = ['AUTHORS_TABLE_KEY', 'is_authors_sape2_state', 'find_sape2',
-           'convert_authors_sape2_state']
+__all__ = ['AUTHORS_TABLE_KEY', 'is_authors_sape2_state', 'convert_authors_sape2_tables']
