@@ -1,6 +1,5 @@
 """The position-encoding study (projects/pe_study): its set, its pairing, its
 measurements, its statistics, its report and its CLI."""
-import copy
 import json
 import math
 
@@ -192,7 +191,7 @@ class _StudyBatchRecorder(Hook):
 def test_rows_of_a_seed_share_weights_and_batches(tmp_path):
     """Two rows trained with one seed start from the same shared weights and
     see the same images with the same flips; another seed does not."""
-    from mmsape.utils import build_runner, prepare_scope
+    from mmsape.apis import build_train_runner
     dataset.generate(str(tmp_path / 'data'), 12, [dataset.EvalSet('val_pad_1x', (96, 96), 1)])
     init = {s: segmentation.shared_init_checkpoint(s, str(tmp_path / f'init{s}.pth'))
             for s in (0, 1)}
@@ -202,8 +201,7 @@ def test_rows_of_a_seed_share_weights_and_batches(tmp_path):
                                       str(tmp_path / 'data'), init[seed])
         cfg.custom_hooks.append(dict(type='mmsape._StudyBatchRecorder'))
         cfg.experiment_name = f'{row}{seed}'
-        prepare_scope(cfg)
-        build_runner(copy.deepcopy(cfg)).train()
+        build_train_runner(cfg).train()
     by_run = {}
     for name, _, paths, flips, shared in _StudyBatchRecorder.seen:
         by_run.setdefault(name, []).append((paths, flips, shared))

@@ -7,8 +7,9 @@
 # encoding; so would a pyramid pooling module. Here every piece of spatial reasoning
 # happens in the backbone, where the encodings differ. The study swaps
 # model.backbone.pos_encoding (and the seed, the schedule and the data root).
-_base_ = ['mmseg::_base_/default_runtime.py']
-custom_imports = dict(imports=['mmsape.models', 'mmsape.engine', 'mmsape.evaluation'],
+_base_ = ['mmseg::_base_/default_runtime.py', '../../../configs/_base_/mmsape_runtime.py']
+# mmsape's runtime imports, and the study's PairedDataSeedHook (see study/segmentation.py).
+custom_imports = dict(imports=['mmsape.models', 'projects.pe_study.study.hooks', 'mmsape.engine'],
                       allow_failed_imports=False)
 
 data_root = 'data/pe_study'
@@ -57,14 +58,14 @@ model = dict(
 # Horizontal flips keep every label (the frame and relation classes are vertical).
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
+    dict(type='mmseg.LoadAnnotations', reduce_zero_label=True),
+    dict(type='mmseg.RandomFlip', prob=0.5),
+    dict(type='mmseg.PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
+    dict(type='mmseg.PackSegInputs'),
 ]
 dataset = dict(type='BaseSegDataset', data_root=data_root, img_suffix='.png',
                seg_map_suffix='.png', reduce_zero_label=True,
@@ -107,7 +108,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='mmsape.AtomicCheckpointHook', by_epoch=False, interval=max_iters,
+    checkpoint=dict(_base_.atomic_checkpoint_hook, by_epoch=False, interval=max_iters,
                     max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook', draw=False))

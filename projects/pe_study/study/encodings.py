@@ -37,6 +37,7 @@ ROWS: Dict[str, Tuple[Tuple[str, ...], dict]] = {
     'SaPE2 qrel lookup, head scalars': (('sape2_qrel_head_scalars', ), {}),
     'SaPE2 qrel lookup, head scalars+PEG': (('sape2_qrel_head_scalars', 'peg'), {}),
     'SaPE2 qrel lookup, sharp gates': (('sape2_qrel_sharp_gates', ), {}),
+    'SaPE2 qrel lookup, blocks 0-1': (('sape2_qrel_first_blocks', ), {}),
     'SaPE2 qrel parabola': (('sape2_qrel_parabola', ), {}),
     'SaPE2 qrel parabola+PEG': (('sape2_qrel_parabola', 'peg'), {}),
 }

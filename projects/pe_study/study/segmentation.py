@@ -104,8 +104,6 @@ def seg_config(row: str, seed: int, iters: int, work_dir: str, data_root: str,
     cfg.train_dataloader.sampler.seed = seed
     cfg.custom_hooks = list(cfg.custom_hooks) + [
         dict(type='mmsape.PairedDataSeedHook', seed=seed)]
-    cfg.custom_imports.imports = list(cfg.custom_imports.imports) + [
-        'projects.pe_study.study.hooks']
     cfg.randomness = dict(seed=seed)
     cfg.load_from = init_checkpoint
     cfg.work_dir = work_dir
@@ -157,7 +155,7 @@ def test_loader_cfg(cfg: Config, folder: str, size: Optional[Tuple[int, int]] = 
                                       seg_map_path=f'annotations/{folder}')
     if size is not None:
         loader.dataset.pipeline = [loader.dataset.pipeline[0], dict(
-            type='Resize', scale=(size[1], size[0]), keep_ratio=False)] + list(
+            type='mmseg.Resize', scale=(size[1], size[0]), keep_ratio=False)] + list(
                 loader.dataset.pipeline[1:])
     if num_images is not None:
         loader.dataset.indices = num_images
@@ -333,13 +331,12 @@ def twin_attention(model: torch.nn.Module, cfg: Config, data_root: str, folder: 
 def train_seg(row: str, seed: int, protocol, work_root: str, data_root: str,
               init_checkpoint: Optional[str]) -> dict:
     """Train ``row`` with ``seed`` and measure it (see the module docstring)."""
-    from mmsape.utils import build_runner, prepare_scope
+    from mmsape.apis import build_train_runner
     slug = row.replace(' ', '_').replace('+', 'p')
     work_dir = osp.join(work_root, f'{slug}_s{seed}')
     cfg = seg_config(row, seed, protocol.seg_iters, work_dir, data_root, init_checkpoint)
-    prepare_scope(cfg)
     start, start_cpu = time.time(), time.process_time()
-    runner = build_runner(copy.deepcopy(cfg))
+    runner = build_train_runner(cfg)
     runner.train()
     train_s, train_cpu_s = time.time() - start, time.process_time() - start_cpu
     model = runner.model.eval()
