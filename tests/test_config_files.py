@@ -1,9 +1,12 @@
 """The config files: every one loads, takes mmsape's runtime choices from one
 file, names its pipelines' transforms so that they build the same in every
-toolbox's scope; the detectors share one backbone definition, and RetinaNet's
-pyramid levels are the strides its anchors are laid out for."""
+toolbox's scope, and records the batch its learning rate is set for; the
+detectors share one backbone definition, the dense tasks name DeiT-S's weights by
+their public URL, and RetinaNet's pyramid levels are the strides its anchors
+are laid out for."""
 import copy
 import importlib
+import re
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -21,6 +24,12 @@ DETECTORS = [path for path in CONFIGS
 VITDET_BACKBONE = 'configs/_base_/models/vit-s16_vitdet.py'
 RUNTIME = 'configs/_base_/mmsape_runtime.py'
 TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+#: The configs of training recipes (the study's config is a fixed measurement
+#: protocol, not a recipe to train at another batch).
+RECIPES = [path for path in CONFIGS if not path.startswith('projects/pe_study/')]
+#: The recipes whose names give no GPUs x images: their source's batch.
+RECIPE_BATCHES = {'configs/mask_rcnn/': 64, 'configs/retinanet/': 16}
+DEIT_URL = 'https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth'
 
 
 @pytest.mark.parametrize('path', CONFIGS)
@@ -39,6 +48,33 @@ def test_detectors_take_the_shared_backbone(path):
     backbone.pop('pos_encoding')
     shared.pop('pos_encoding')
     assert backbone == shared
+
+
+@pytest.mark.parametrize('path', RECIPES)
+def test_the_batch_the_lr_is_set_for_is_recorded(path):
+    """auto_scale_lr, off (as in mmdet's configs) until --auto-scale-lr: the
+    base batch is GPUs x images of the config's name (``8xb2``: 16), with the
+    images per GPU its train dataloader loads; ViTDet's 64 and mmdet's 1x 16 for
+    the detectors, whose names do not say."""
+    cfg = Config.fromfile(str(ROOT / path))
+    assert cfg.auto_scale_lr.enable is False
+    batch = re.search(r'_(\d+)xb(\d+)[-_]', Path(path).name)
+    if batch:
+        gpus, per_gpu = map(int, batch.groups())
+        assert cfg.train_dataloader.batch_size == per_gpu
+        assert cfg.auto_scale_lr.base_batch_size == gpus * per_gpu
+    else:
+        expected = next(size for prefix, size in RECIPE_BATCHES.items()
+                        if path.startswith(prefix))
+        assert cfg.auto_scale_lr.base_batch_size == expected
+
+
+@pytest.mark.parametrize('path', [path for path in RECIPES if 'vit-s16' in path and
+                                  path.startswith(('configs/upernet/', 'configs/mask_rcnn/',
+                                                   'configs/retinanet/', 'projects/'))])
+def test_dense_tasks_start_from_deit_s_by_its_url(path):
+    init_cfg = Config.fromfile(str(ROOT / path)).model.backbone.init_cfg
+    assert init_cfg == dict(type='Pretrained', checkpoint=DEIT_URL)
 
 
 def test_retinanet_levels_are_its_anchor_strides():

@@ -122,4 +122,6 @@ default_hooks = dict(
     logger=dict(log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=200))
 log_processor = dict(by_epoch=False)
+# The batch the learning rate is set for (1 process x 4 images).
+auto_scale_lr = dict(enable=False, base_batch_size=4)
 randomness = dict(seed=0)

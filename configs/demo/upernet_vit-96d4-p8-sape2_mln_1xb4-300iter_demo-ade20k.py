@@ -113,4 +113,6 @@ train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(interval=100, max_keep_ckpts=2))
+# The batch the learning rate is set for (1 process x 4 images).
+auto_scale_lr = dict(enable=False, base_batch_size=4)
 randomness = dict(seed=0)

@@ -74,4 +74,6 @@ default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
+# The batch the learning rate is set for (1 process x 8 images).
+auto_scale_lr = dict(enable=False, base_batch_size=8)
 randomness = dict(seed=0)

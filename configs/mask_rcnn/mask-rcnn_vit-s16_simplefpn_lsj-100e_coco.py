@@ -61,3 +61,7 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 
 optim_wrapper = dict(_base_.vitdet_optim_wrapper, _delete_=True)
+# The batch the learning rate is set for: ViTDet's 64 images (mmdet's LSJ
+# recipe: 32 GPUs x 2); tools/train.py --auto-scale-lr scales the lr to the
+# batch a run trains with.
+auto_scale_lr = dict(enable=False, base_batch_size=64)

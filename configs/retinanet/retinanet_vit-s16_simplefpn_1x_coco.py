@@ -66,3 +66,6 @@ optim_wrapper = dict(
     _delete_=True,
     optimizer=dict(_base_.vitdet_optim_wrapper.optimizer, weight_decay=0.05),
     clip_grad=dict(max_norm=1.0, norm_type=2))
+# The batch the learning rate is set for (mmdet's 1x: 8 GPUs x 2 images);
+# tools/train.py --auto-scale-lr scales the lr to the batch a run trains with.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

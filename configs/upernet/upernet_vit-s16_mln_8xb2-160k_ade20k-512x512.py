@@ -22,6 +22,9 @@ model = dict(
         init_cfg=_base_.deit_s16_pretrained))
 
 optim_wrapper = dict(constructor=_base_.declared_decay_constructor)
+# The batch the learning rate is set for (8 GPUs x 2 images); tools/train.py
+# --auto-scale-lr scales the lr to the batch a run trains with.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # mmseg's ADE20K pipelines with their types in mmseg's scope ('mmseg.X'), so
 # that they build the same whichever toolbox's scope is current (mmseg's

@@ -12,6 +12,9 @@ model = dict(
     backbone=dict(_base_.vit_s16_backbone, _delete_=True, img_size=224, out_type='cls_token'))
 
 optim_wrapper = dict(constructor=_base_.declared_decay_constructor)
+# The batch the learning rate is set for (4 GPUs x 256 images); tools/train.py
+# --auto-scale-lr scales the lr to the batch a run trains with.
+auto_scale_lr = dict(enable=False, base_batch_size=1024)
 
 # mmpretrain's ImageNet pipelines (DeiT's augmentation) with their types in
 # mmpretrain's scope ('mmpretrain.X'), so that they build the same whichever

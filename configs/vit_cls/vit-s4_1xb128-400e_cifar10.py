@@ -55,4 +55,6 @@ param_scheduler = [
 train_cfg = dict(by_epoch=True, max_epochs=400, val_interval=10)
 val_cfg = dict()
 test_cfg = dict()
-auto_scale_lr = dict(base_batch_size=128)
+# The batch the learning rate is set for (1 GPU x 128 images); tools/train.py
+# --auto-scale-lr scales the lr to the batch a run trains with.
+auto_scale_lr = dict(enable=False, base_batch_size=128)
