@@ -15,7 +15,8 @@ registers with MMEngine, whatever the entry point (mmsape's, mmdet's or mmseg's
   pointer is replaced atomically too.
 
 :func:`init_cpu_process_group` starts multi-process runs on machines without
-GPUs (gloo, :class:`CPUDistributedDataParallel`); :mod:`mmsape.apis` calls it.
+GPUs, under torchrun or srun (gloo, :class:`CPUDistributedDataParallel`);
+:mod:`mmsape.apis` calls it.
 """
 from . import checkpoint_loaders, fileio
 from .hooks import AtomicCheckpointHook, ProgressBarHook, TorchRNGStateHook
