@@ -6,12 +6,14 @@ other; ``setup.cfg`` puts ``tests/`` on pytest's ``pythonpath`` so that they
 import this module as ``builders``.
 """
 import importlib.util
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import mmcv
 import numpy as np
@@ -194,3 +196,35 @@ def open_picture(path: Union[str, Path], size: Optional[Tuple[int, int]] = None,
         assert (image.shape[1], image.shape[0]) == tuple(size), (
             f'{path} is {image.shape[1]}x{image.shape[0]}, expected {size[0]}x{size[1]}')
     return image
+
+
+def readme_commands(section: str) -> Tuple[Dict[str, str], List[List[str]]]:
+    """The shell commands of README.md's section ``section`` (a heading's text):
+    ``({variable: value}, [argv, ...])`` from its ``bash`` blocks, continuation
+    lines joined, comments dropped, lines ``NAME=value`` alone as variables."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    match = re.search(rf'^#{{2,6}} {re.escape(section)}\n(.*?)(?=^#{{2,6}} )', text, re.M | re.S)
+    assert match, f'README.md has no section {section!r}'
+    variables, commands = {}, []
+    for block in re.findall(r'```bash\n(.*?)```', match[1], re.S):
+        for line in block.replace('\\\n', ' ').splitlines():
+            line = line.split(' #')[0].strip()
+            if not line or line.startswith('#'):
+                continue
+            words = shlex.split(line)
+            if len(words) == 1 and re.fullmatch(r'[A-Z_]+=\S+', words[0]):
+                name, value = words[0].split('=', 1)
+                variables[name] = value
+            else:
+                commands.append(words)
+    return variables, commands
+
+
+def readme_command(section: str, script: str, **values: str) -> List[str]:
+    """The README section's command that runs ``script`` (``'tools/train.py'``),
+    its ``$VARIABLES`` replaced by ``values``, ``python`` by this interpreter."""
+    _, commands = readme_commands(section)
+    matching = [words for words in commands if script in words]
+    assert len(matching) == 1, f'{section!r} has {len(matching)} commands running {script}'
+    words = [re.sub(r'\$(\w+)', lambda m: values[m[1]], word) for word in matching[0]]
+    return [sys.executable if word == 'python' else word for word in words]

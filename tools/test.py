@@ -14,6 +14,7 @@ dumps the predictions to a pickle for offline evaluation (mmdet's
 ``VisualizationHook``), which draws each test image's prediction next to its
 ground truth, and ``--tta`` wraps the model in the config's ``tta_model`` and
 tests it on the ``tta_pipeline``. ``--metrics-out`` writes the metrics as JSON.
+The test data is checked before anything is built, as ``tools/train.py`` does.
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ from mmengine.dist import get_rank
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))
-from mmsape.apis import build_test_runner  # noqa: E402
+from mmsape.apis import MissingInputError, build_test_runner  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,10 +65,14 @@ def main() -> None:
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'Checkpoint not found: {args.checkpoint}')
-    runner = build_test_runner(args.config, args.checkpoint, args.cfg_options,
-                               work_dir=args.work_dir, launcher=args.launcher,
-                               show=args.show, show_dir=args.show_dir,
-                               wait_time=args.wait_time, tta=args.tta, out=args.out)
+    try:
+        runner = build_test_runner(args.config, args.checkpoint, args.cfg_options,
+                                   work_dir=args.work_dir, launcher=args.launcher,
+                                   show=args.show, show_dir=args.show_dir,
+                                   wait_time=args.wait_time, tta=args.tta, out=args.out,
+                                   check_inputs=True)
+    except MissingInputError as error:
+        raise SystemExit(f'{type(error).__name__}: {error}') from None
     metrics = runner.test()
     if get_rank() != 0:
         return

@@ -2,11 +2,16 @@
 
 Usage:
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                                 [--cfg-options key=value ...] [--launcher pytorch]
+                                 [--auto-scale-lr] [--cfg-options key=value ...]
+                                 [--launcher pytorch]
 
 The config's ``default_scope`` ('mmdet', 'mmseg', 'mmpretrain' or 'mmsape')
 decides which toolbox's modules are registered; mmsape's backbones and
 position encodings are available in every scope as ``mmsape.<Name>``.
+
+Before anything is built, the data and the checkpoints the run reads are
+checked (:func:`mmsape.apis.check_run_inputs`): a missing one stops the run
+with what the config expects there and how to point it elsewhere.
 """
 import argparse
 import os
@@ -18,7 +23,7 @@ from mmengine.config import DictAction
 # The repository root, so that configs can import 'projects.<name>' modules
 # through custom_imports wherever the command is run from.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mmsape.apis import build_train_runner  # noqa: E402
+from mmsape.apis import MissingInputError, build_train_runner  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,6 +35,10 @@ def parse_args() -> argparse.Namespace:
         help='resume from CKPT, or (no value) from the latest checkpoint in work_dir')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision training (needs a GPU)')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help="scale the learning rate by (GPUs x samples per GPU) / the config's "
+        'auto_scale_lr.base_batch_size, as mmdet does')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config entries, e.g. model.backbone.pos_encoding.type=PEG')
@@ -46,8 +55,12 @@ def main() -> None:
     args = parse_args()
     # --resume without a value: the latest checkpoint in work_dir.
     resume = True if args.resume == 'auto' else (args.resume or False)
-    runner = build_train_runner(args.config, args.cfg_options, work_dir=args.work_dir,
-                                launcher=args.launcher, resume=resume, amp=args.amp)
+    try:
+        runner = build_train_runner(args.config, args.cfg_options, work_dir=args.work_dir,
+                                    launcher=args.launcher, resume=resume, amp=args.amp,
+                                    auto_scale_lr=args.auto_scale_lr, check_inputs=True)
+    except MissingInputError as error:
+        raise SystemExit(f'{type(error).__name__}: {error}') from None
     runner.train()
 
 

@@ -1,7 +1,9 @@
 """What OpenMMLab users look for in ``<toolbox>.apis``: building a model from a
 config and checkpoint and running it on images (:mod:`.inference`), and reading
 a config and building the MMEngine Runner that trains or tests it
-(:mod:`.runner`, behind ``tools/train.py`` and ``tools/test.py``).
+(:mod:`.runner`, behind ``tools/train.py`` and ``tools/test.py``), and checking
+that the data and checkpoints a run reads are there before it starts
+(:mod:`.preflight`).
 
 It may import every package of mmsape below :mod:`mmsape.analysis`.
 """
@@ -11,6 +13,14 @@ from .inference import (
     inference_model,
     init_model,
     predict_and_draw,
+)
+from .preflight import (
+    MissingCheckpointError,
+    MissingDataError,
+    MissingInputError,
+    check_run_inputs,
+    find_missing_data,
+    find_missing_inputs,
 )
 from .runner import (
     build_runner,
@@ -22,5 +32,7 @@ from .runner import (
 
 __all__ = [
     'init_model', 'inference_model', 'build_inferencer', 'predict_and_draw', 'config_scope',
-    'read_config', 'load_config', 'build_runner', 'build_train_runner', 'build_test_runner'
+    'read_config', 'load_config', 'build_runner', 'build_train_runner', 'build_test_runner',
+    'check_run_inputs', 'find_missing_inputs', 'find_missing_data', 'MissingInputError',
+    'MissingDataError', 'MissingCheckpointError'
 ]

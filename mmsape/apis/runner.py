@@ -23,6 +23,8 @@ from mmengine.runner import Runner
 from mmsape.engine import init_cpu_process_group
 from mmsape.utils import prepare_scope
 
+from .preflight import check_run_inputs
+
 __all__ = [
     'read_config', 'load_config', 'build_runner', 'build_train_runner', 'build_test_runner'
 ]
@@ -53,9 +55,9 @@ def load_config(config: ConfigType,
         cfg_options (dict, optional): Entries to override, as ``--cfg-options``
             gives them (``{'model.backbone.pos_encoding.type': 'PEG'}``).
         launcher (str): MMEngine's job launcher: 'none', 'pytorch' (torchrun),
-            'slurm' or 'mpi'. On a machine without GPUs, 'pytorch' starts the
-            process group with gloo (:func:`mmsape.engine.init_cpu_process_group`).
-            Defaults to 'none'.
+            'slurm' or 'mpi'. On a machine without GPUs, 'pytorch' and 'slurm'
+            start the process group with gloo
+            (:func:`mmsape.engine.init_cpu_process_group`). Defaults to 'none'.
         work_dir (str, optional): Where logs and checkpoints go. Defaults to the
             config's ``work_dir``, else ``./work_dirs/<config name>`` as in mmdet
             and mmseg.
@@ -91,7 +93,9 @@ def build_train_runner(config: ConfigType,
                        work_dir: Optional[str] = None,
                        launcher: str = 'none',
                        resume: Union[bool, str] = False,
-                       amp: bool = False) -> Runner:
+                       amp: bool = False,
+                       auto_scale_lr: bool = False,
+                       check_inputs: bool = False) -> Runner:
     """The Runner that trains a config (``runner.train()``), as ``tools/train.py``.
 
     Args:
@@ -101,19 +105,35 @@ def build_train_runner(config: ConfigType,
             from that checkpoint. Defaults to False.
         amp (bool): Automatic mixed precision (MMEngine's ``AmpOptimWrapper``,
             dynamic loss scale); needs a CUDA GPU. Defaults to False.
+        auto_scale_lr (bool): Scale the learning rate by the batch the run
+            trains with, as mmdet's ``--auto-scale-lr``: the Runner multiplies
+            it by (processes x samples per process) / the config's
+            ``auto_scale_lr.base_batch_size``, the batch it was set for.
+            Defaults to False.
+        check_inputs (bool): Check, before anything is built, that the data
+            and the checkpoints the run reads are there
+            (:func:`mmsape.apis.check_run_inputs`; ``tools/train.py`` does).
+            Defaults to False.
 
     Returns:
         Runner: Built, not yet trained.
+
+    Raises:
+        MissingInputError: With ``check_inputs``, for missing data or checkpoints.
     """
     cfg = load_config(config, cfg_options, launcher, work_dir)
     if amp:
         _enable_amp(cfg)
+    if auto_scale_lr:
+        _enable_auto_scale_lr(cfg)
     if resume is True:
         cfg.resume = True
         cfg.load_from = None
     elif resume:
         cfg.resume = True
         cfg.load_from = resume
+    if check_inputs:
+        check_run_inputs(cfg, 'train')
     return build_runner(cfg)
 
 
@@ -126,7 +146,8 @@ def build_test_runner(config: ConfigType,
                       show_dir: Optional[str] = None,
                       wait_time: float = 2.,
                       tta: bool = False,
-                      out: Optional[str] = None) -> Runner:
+                      out: Optional[str] = None,
+                      check_inputs: bool = False) -> Runner:
     """The Runner that evaluates a checkpoint (``runner.test()``), as
     ``tools/test.py`` (with mmdet's and mmseg's options).
 
@@ -147,9 +168,16 @@ def build_test_runner(config: ConfigType,
         out (str, optional): Dump the predictions to this pickle file (mmdet's
             ``DumpDetResults`` for detectors, MMEngine's ``DumpResults``
             otherwise).
+        check_inputs (bool): Check, before anything is built, that the test
+            data and the checkpoint are there
+            (:func:`mmsape.apis.check_run_inputs`; ``tools/test.py`` does).
+            Defaults to False.
 
     Returns:
         Runner: Built, not yet run.
+
+    Raises:
+        MissingInputError: With ``check_inputs``, for missing data or checkpoints.
     """
     if out is not None and not out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'out={out!r}: the predictions are dumped to a pickle; name a '
@@ -161,6 +189,8 @@ def build_test_runner(config: ConfigType,
         _enable_visualization(cfg, show, show_dir, wait_time)
     if tta:
         _use_tta(cfg)
+    if check_inputs:
+        check_run_inputs(cfg, 'test')
     runner = build_runner(cfg)
     if out:
         _add_dump_metric(runner, cfg.get('default_scope'), out)
@@ -178,6 +208,16 @@ def _enable_amp(cfg: Config) -> None:
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
+def _enable_auto_scale_lr(cfg: Config) -> None:
+    """Switch on MMEngine's lr scaling, as mmdet's ``tools/train.py --auto-scale-lr``."""
+    settings = cfg.get('auto_scale_lr')
+    if not settings or not settings.get('base_batch_size'):
+        raise ValueError(
+            f'auto_scale_lr: {cfg.filename or "the config"} does not say which batch its '
+            'learning rate was set for. Add auto_scale_lr = dict(enable=False, '
+            'base_batch_size=N) to it (N = GPUs x samples per GPU of the recipe, e.g. 16 '
+            'for 8xb2), or pass --cfg-options auto_scale_lr.base_batch_size=N.')
+    settings.enable = True
 def _enable_visualization(cfg: Config, show: bool, show_dir: Optional[str],
                           wait_time: float) -> None:
     """Switch on the config's visualization hook for testing, as each toolbox's

@@ -4,6 +4,7 @@ from .checkpoint import (
                          CheckpointError,
                          CorruptCheckpointError,
                          UnsafeCheckpointError,
+                         hub_cache_path,
                          load_checkpoint_safely,
                          load_url_safely,
 )
@@ -13,7 +14,8 @@ from .state_dict_report import format_state_dict_report
 
 __all__ = [
     'CheckpointError', 'CorruptCheckpointError', 'UnsafeCheckpointError',
-    'load_checkpoint_safely', 'load_url_safely', 'mmengine_checkpoint_safe_globals',
+    'load_checkpoint_safely', 'load_url_safely', 'hub_cache_path',
+    'mmengine_checkpoint_safe_globals',
     'allow_mmengine_checkpoint_types', 'atomic_writer', 'atomic_write', 'atomic_save',
     'format_state_dict_report', 'register_all_modules', 'prepare_scope'
 ]

@@ -29,7 +29,7 @@ from .safe_globals import allow_mmengine_checkpoint_types
 
 __all__ = [
     'CheckpointError', 'CorruptCheckpointError', 'UnsafeCheckpointError',
-    'load_checkpoint_safely', 'load_url_safely'
+    'load_checkpoint_safely', 'load_url_safely', 'hub_cache_path'
 ]
 
 PathType = Union[str, 'os.PathLike[str]']
@@ -177,22 +177,39 @@ def load_checkpoint_safely(path: PathType, map_location: MapLocation = 'cpu') ->
         raise  # e.g. map_location errors: not the file's fault
 
 
-def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool) -> str:
-    """Download ``url`` once into ``model_dir`` (``<torch hub dir>/checkpoints``).
+def hub_cache_path(url: str, model_dir: Optional[str] = None) -> str:
+    """Where :func:`load_url_safely` keeps the download of ``url``.
 
     Same cache layout as MMEngine's ``load_url`` / ``torch.hub.load_state_dict_from_url``
     (the file name is the URL's last path component), so files MMEngine already
-    downloaded are reused. ``torch.hub.download_url_to_file`` writes to a temporary
-    file and renames it, so an interrupted download leaves no partial file.
+    downloaded are reused, and a file copied there is never downloaded (how an
+    offline machine uses a config that names a URL).
+
+    Args:
+        url (str): The checkpoint's URL.
+        model_dir (str, optional): The cache folder. Defaults to
+            ``<torch.hub.get_dir()>/checkpoints`` (``$TORCH_HOME/hub/checkpoints``).
+
+    Returns:
+        str: The cached file's path (which may not exist yet).
     """
     if model_dir is None:
         model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
     filename = osp.basename(urlparse(url).path)
     if not filename:
         raise ValueError(f'Cannot tell a checkpoint file name from the URL {url!r}; it '
                          'should end with the file name, e.g. https://host/model.pth.')
-    cached_file = osp.join(model_dir, filename)
+    return osp.join(model_dir, filename)
+
+
+def _download_to_hub_cache(url: str, model_dir: Optional[str], progress: bool) -> str:
+    """Download ``url`` once into :func:`hub_cache_path`.
+
+    ``torch.hub.download_url_to_file`` writes to a temporary file and renames it,
+    so an interrupted download leaves no partial file.
+    """
+    cached_file = hub_cache_path(url, model_dir)
+    os.makedirs(osp.dirname(cached_file), exist_ok=True)
     if not osp.exists(cached_file):
         sys.stderr.write(f'Downloading: "{url}" to {cached_file}\n')
         torch.hub.download_url_to_file(url, cached_file, None, progress=progress)

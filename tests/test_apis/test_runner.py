@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.evaluator import DumpResults
 
 from mmsape.apis import build_test_runner, build_train_runner, load_config, read_config
+from mmsape.testing.demo_data import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 CLS = 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py'
@@ -79,3 +80,37 @@ def test_test_runner_options_the_config_cannot_serve_name_the_fix(tmp_path, conf
     with pytest.raises(ValueError, match=message):
         build_test_runner(str(ROOT / config), None, options(), work_dir=str(tmp_path),
                           **test_options)
+
+
+def trained_lrs(work_dir, **train_options) -> list:
+    """The learning rate of each parameter group after one iteration of the
+    classification demo with no lr schedule, its batch (8) against a base batch
+    of 32."""
+    ensure_demo_data(ROOT / 'data' / 'demo')
+    runner = build_train_runner(str(ROOT / CLS), options(**{
+        'train_cfg.max_iters': 1, 'train_cfg.val_begin': 100, 'param_scheduler': [],
+        'auto_scale_lr.base_batch_size': 32, 'custom_hooks': [],
+        'default_hooks.checkpoint.interval': 100}), work_dir=str(work_dir), **train_options)
+    runner.train()
+    return [group['lr'] for group in runner.optim_wrapper.optimizer.param_groups]
+
+
+@pytest.mark.usefixtures('single_thread')  # two trainings; threads only contend on 2 cores
+def test_auto_scale_lr_scales_by_the_batch_against_the_base(tmp_path):
+    """As mmdet's --auto-scale-lr: lr x (processes x samples per process) /
+    auto_scale_lr.base_batch_size, here 1 x 8 / 32, in every parameter group;
+    without it the config's lr whatever the batch."""
+    configured = Config.fromfile(str(ROOT / CLS)).optim_wrapper.optimizer.lr
+    assert Config.fromfile(str(ROOT / CLS)).train_dataloader.batch_size == 8
+    unscaled = trained_lrs(tmp_path / 'unscaled')
+    scaled = trained_lrs(tmp_path / 'scaled', auto_scale_lr=True)
+    assert len(unscaled) > 1 and set(unscaled) == {configured}
+    assert scaled == pytest.approx([lr * 8 / 32 for lr in unscaled], rel=1e-12)
+
+
+def test_auto_scale_lr_without_a_base_batch_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r'does not say which batch its learning rate was set '
+                       r'for.*auto_scale_lr = dict\(enable=False, base_batch_size=N\).*'
+                       r'--cfg-options auto_scale_lr.base_batch_size=N'):
+        build_train_runner(str(ROOT / CLS), options(auto_scale_lr=None),
+                           work_dir=str(tmp_path), auto_scale_lr=True)

@@ -20,6 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from mmsape.models.pos_encodings import registered_pos_encodings
+from mmsape.testing.demo_data import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -140,6 +141,7 @@ def test_options_left_from_another_encoding_are_named():
 def test_train_tool_stops_before_training(tmp_path):
     """Through ``tools/train.py``: the run fails while building, before any
     iteration, and the option's message reaches the user."""
+    ensure_demo_data(ROOT / 'data' / 'demo')  # the tool checks the data is there first
     result = subprocess.run(
         [sys.executable, 'tools/train.py', CONFIGS['mmseg'], '--work-dir', str(tmp_path),
          '--cfg-options', 'model.backbone.out_indices=[0,1,2,9]'],

@@ -6,22 +6,25 @@ PosEncViT loads the file by the routes users take (``init_cfg`` with a path or a
 must then compute the source model's features, at its training size and at other
 sizes, with the ``LearnedAPE`` setting documented for that source.
 """
-import functools
-import http.server
 import shutil
-import threading
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.config import Config
 from mmengine.model.weight_init import PretrainedInit
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 
+import mmsape.engine  # noqa: F401  (the safe checkpoint loaders, as configs import them)
 from mmsape.models import PosEncViT
 from mmsape.models.utils import load_vit_pretrained
+from mmsape.utils import UnsafeCheckpointError
+
+from builders import ROOT
 
 TRAIN_SIZE, PATCH = 512, 16  # a 32 x 32 grid
 WIDTH, DEPTH, HEADS, HIDDEN = 32, 2, 4, 64
@@ -198,24 +201,6 @@ def test_deit_file_with_model_wrapper(tmp_path):
 # --- every loading route ---------------------------------------------------------------
 
 
-@pytest.fixture
-def http_server(tmp_path, monkeypatch):
-    """Serve ``tmp_path/served`` on localhost; downloads cache under ``tmp_path``."""
-    served = tmp_path / 'served'
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    for proxy in ('http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY'):
-        monkeypatch.delenv(proxy, raising=False)
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    yield served, f'http://127.0.0.1:{server.server_address[1]}'
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
 def test_init_cfg_url(mmseg_source, http_server):
     source, path = mmseg_source
     served, url = http_server
@@ -224,6 +209,43 @@ def test_init_cfg_url(mmseg_source, http_server):
     images = torch.randn(1, 3, 160, 288)
     with torch.no_grad():
         assert_same_features(model(images), source(images))
+
+
+def configs_deit_checkpoint(base_url: str) -> str:
+    """The DeiT-S URL of the configs (``configs/_base_/models/vit-s16.py``), on
+    the test server: the same path and file name, another host."""
+    entry = Config.fromfile(str(ROOT / 'configs/_base_/models/vit-s16.py')).deit_s16_pretrained
+    assert set(entry) == {'type', 'checkpoint'} and entry.type == 'Pretrained'
+    assert entry.checkpoint.startswith('https://dl.fbaipublicfiles.com/')
+    return base_url + entry.checkpoint[len('https://dl.fbaipublicfiles.com'):]
+
+
+def test_configs_deit_url_downloads_once_and_loads_with_keys_converted(http_server):
+    """A DeiT release file (timm keys under 'model') at the configs' URL loads
+    with no converter step: downloaded into the hub cache, its keys converted."""
+    served, base_url = http_server
+    url = configs_deit_checkpoint(base_url)
+    source = timm_vit()
+    (served / 'deit').mkdir()
+    torch.save({'model': source.state_dict(), 'epoch': 300}, served / 'deit' / Path(url).name)
+    model = pretrained_vit(url, out_type='raw', out_indices=-1)
+    images = torch.randn(1, 3, 160, 288)
+    with torch.no_grad():
+        assert_same_features(model(images), [source.forward_features(images)])
+    cached = Path(torch.hub.get_dir()) / 'checkpoints' / 'deit_small_patch16_224-cd65a155.pth'
+    assert cached.is_file() and str(cached).startswith(str(served.parent))
+
+
+def test_crafted_file_at_the_configs_url_is_refused(http_server, write_malicious_checkpoint,
+                                                     tmp_path):
+    served, base_url = http_server
+    url = configs_deit_checkpoint(base_url)
+    (served / 'deit').mkdir()
+    marker = tmp_path / 'code_ran'
+    write_malicious_checkpoint(served / 'deit' / Path(url).name, marker)
+    with pytest.raises(UnsafeCheckpointError, match=f'downloaded from {url}'):
+        pretrained_vit(url)
+    assert not marker.exists()
 
 
 def seg_head() -> dict:
