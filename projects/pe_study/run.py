@@ -115,9 +115,9 @@ def main(argv=None) -> int:
                  init=json.dumps({str(k): v for k, v in inits.items()}))
     print(f'{len(jobs)} jobs on {args.workers} worker(s), planned '
           f'{estimate_wall_s(jobs, args.protocol, args.workers) / 60:.0f} min', flush=True)
-    results, failures = run_jobs(jobs, args.protocol, paths, osp.join(args.work_dir, 'results'),
-                                 args.workers, args.resume,
-                                 log=lambda line: print(line, flush=True))
+    results, failures, reused = run_jobs(
+        jobs, args.protocol, paths, osp.join(args.work_dir, 'results'), args.workers,
+        args.resume, log=lambda line: print(line, flush=True))
     if failures:
         print('failed jobs (the report is not written; rerun with --resume):\n  ' +
               '\n  '.join(failures), file=sys.stderr)
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     wall_s = time.time() - start
     parts = dict(previous.get('parts', {})) if same_protocol else {}
     parts[args.part] = dict(command=args.command, wall_s=wall_s, workers=args.workers,
-                            jobs=len(jobs))
+                            jobs=len(jobs), reused=reused)
     run = dict(protocol=args.protocol.as_dict(), machine=report.machine(), parts=parts,
                data=dict(manifest['settings'], objects=manifest['objects']))
     with open(run_path, 'w') as file:

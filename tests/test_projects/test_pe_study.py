@@ -289,6 +289,8 @@ def test_quick_study_end_to_end(tmp_path):
     assert tool.main(argv + ['--resume']) == 0
     again = json.loads((out / 'seg_results.json').read_text())
     assert [r['total_s'] for r in again] == [r['total_s'] for r in results]
+    assert json.loads((out / 'run.json').read_text())['parts']['seg']['reused'] == 2
+    assert '2 of them reused from an earlier run' in (out / 'README.md').read_text()
 
 
 def test_rows_come_from_config_files():

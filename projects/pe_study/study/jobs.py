@@ -125,7 +125,7 @@ def _single_thread_worker() -> None:
 
 def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str],
              results_dir: str, workers: int = 2, resume: bool = False,
-             log: Callable[[str], None] = print) -> Tuple[List[dict], List[str]]:
+             log: Callable[[str], None] = print) -> Tuple[List[dict], List[str], int]:
     """Run ``jobs`` with ``workers`` single-thread processes (``workers=1``: in
     this process), saving each result as ``<results_dir>/<job.key>.json``.
 
@@ -134,8 +134,9 @@ def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str]
     that the workers finish together.
 
     Returns:
-        tuple[list[dict], list[str]]: The results in ``jobs`` order (finished
-        jobs only) and one line per failed job.
+        tuple[list[dict], list[str], int]: The results in ``jobs`` order
+        (finished jobs only), one line per failed job, and how many results
+        were reused instead of run.
     """
     os.makedirs(results_dir, exist_ok=True)
     settings = json.loads(json.dumps(protocol.as_dict()))  # as saved: lists, not tuples
@@ -180,7 +181,8 @@ def run_jobs(jobs: Sequence[Job], protocol: StudyProtocol, paths: Dict[str, str]
             for future in as_completed(futures):
                 error = future.exception()
                 finish(futures[future], None if error else future.result(), error)
-    return [results[job] for job in jobs if job in results], failures
+    reused = len(jobs) - len(todo)
+    return [results[job] for job in jobs if job in results], failures, reused
 
 
 def _load(path: str) -> Optional[dict]:

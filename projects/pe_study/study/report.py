@@ -378,7 +378,10 @@ def write_report(out: str, results: Sequence[Result], run: dict) -> str:
             'rerun the command.', '',
             '## Command, machine, protocol and budget', '']
     for info in run.get('parts', {}).values():
-        text.append(f'- `{info["command"]}`: {info["jobs"]} trainings, '
+        reused = info.get('reused', 0)
+        again = (f' ({reused} of them reused from an earlier run of the same protocol, '
+                 f'whose wall time this does not include)' if reused else '')
+        text.append(f'- `{info["command"]}`: {info["jobs"]} trainings{again}, '
                     f'{info["wall_s"] / 60:.1f} min on {info["workers"]} single-thread '
                     f'worker process(es)')
     cpu = sum(r.get('total_cpu_s', 0.) for r in results)
