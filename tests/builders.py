@@ -26,6 +26,14 @@ from mmsape.ops.sape2 import compiled_kernels_required, load_cpu_kernel, roundin
 from mmsape.utils.config_entries import find_entry_index
 
 ROOT = Path(__file__).resolve().parents[1]
+#: task -> its demo config (the configs/demo/ files the end-to-end tests train)
+DEMO_CONFIGS = {
+    'cls': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
+    'seg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
+    'det': 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
+}
+#: task -> the metric its demo config's evaluator reports first
+DEMO_METRICS = {'cls': 'accuracy/top1', 'seg': 'mIoU', 'det': 'coco/bbox_mAP'}
 #: The default arch of :func:`tiny_vit`.
 TINY_ARCH = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
 
@@ -39,6 +47,26 @@ def pos_encoding_cfg(encoding: Union[str, dict, list]) -> Union[dict, list]:
         return [dict(type=part) for part in encoding.split('+')]
     return dict(type=encoding)
 
+
+
+def padded_and_alone(model: torch.nn.Module, dtype: torch.dtype = torch.float32
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(from the batch, alone)``: a ViT's outputs for a random 24 x 40 image
+    given alone and at the top left of a 40 x 56 batch whose other pixels are
+    padding (``pad_mask``), cut to the image's 3 x 5 patches of 8 pixels (and
+    the class token, for ``out_type='raw'``). An encoding that ignores batch
+    padding gives the same values."""
+    image = torch.randn(1, 3, 24, 40, dtype=dtype)
+    batch = torch.zeros(1, 3, 40, 56, dtype=dtype)
+    batch[..., :24, :40] = image
+    pad_mask = torch.ones(1, 40, 56, dtype=torch.bool)
+    pad_mask[..., :24, :40] = False
+    with torch.no_grad():
+        alone, padded = model(image)[0], model(batch, pad_mask)[0]
+    if model.out_type == 'raw':  # (1, 1 + 5 * 7, C): class token + the 3 x 5 image
+        image_tokens = padded[:, 1:].view(1, 5, 7, -1)[:, :3, :5].flatten(1, 2)
+        return torch.cat([padded[:, :1], image_tokens], dim=1), alone
+    return padded[..., :3, :5], alone
 
 def tiny_vit(pos_encoding: Union[str, dict, list] = 'LearnedAPE',
              *,

@@ -15,13 +15,7 @@ from mmsape.analysis import browse_dataset
 from mmsape.apis import MissingDataError
 from mmsape.testing.demo_data import DEMO_CLS_CLASSES, DEMO_DET_CLASSES, ensure_demo_data
 
-from builders import ROOT, readme_command
-
-DEMOS = {
-    'det': 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
-    'seg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-    'cls': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
-}
+from builders import DEMO_CONFIGS, ROOT, readme_command
 
 
 @pytest.fixture(scope='module')
@@ -35,9 +29,9 @@ def drawing(path: str) -> np.ndarray:
         return np.asarray(picture.convert('RGB'))
 
 
-@pytest.mark.parametrize('task', sorted(DEMOS))
+@pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
 def test_training_samples_are_drawn(task, demo_root, tmp_path):
-    written = browse_dataset(str(ROOT / DEMOS[task]), str(tmp_path), max_samples=3)
+    written = browse_dataset(str(ROOT / DEMO_CONFIGS[task]), str(tmp_path), max_samples=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [Path(p).name for p in written]
     first_image = {'det': '000000000001', 'seg': 'ADE_train_00000001',
                    'cls': f'{DEMO_CLS_CLASSES[0]}_00000'}[task]
@@ -78,7 +72,7 @@ def drawn_and_pipeline_output(config: str, out_dir: Path):
 def test_detection_drawings_mark_the_objects(demo_root, tmp_path):
     """The drawing changes the pixels of each annotated object (mask, box,
     class name) and leaves the rest of the augmented image as it is."""
-    drawn, image, data_sample = drawn_and_pipeline_output(DEMOS['det'], tmp_path)
+    drawn, image, data_sample = drawn_and_pipeline_output(DEMO_CONFIGS['det'], tmp_path)
     assert drawn.shape == image.shape
     changed = np.abs(drawn.astype(int) - image.astype(int)).max(-1) > 20
     near_objects = np.zeros(changed.shape, bool)
@@ -94,10 +88,10 @@ def test_detection_drawings_mark_the_objects(demo_root, tmp_path):
 def test_segmentation_drawings_colour_each_labelled_region(demo_root, tmp_path):
     """SegLocalVisualizer blends each class's palette colour over its region
     of the augmented label map: every class shows its colour in the drawing."""
-    drawn, image, data_sample = drawn_and_pipeline_output(DEMOS['seg'], tmp_path)
+    drawn, image, data_sample = drawn_and_pipeline_output(DEMO_CONFIGS['seg'], tmp_path)
     labels = data_sample.gt_sem_seg.data[0].numpy()
     assert drawn.shape == image.shape and labels.shape == image.shape[:2]
-    palette = Config.fromfile(str(ROOT / DEMOS['seg'])).palette
+    palette = Config.fromfile(str(ROOT / DEMO_CONFIGS['seg'])).palette
     present = [label for label in np.unique(labels) if label < len(palette)]
     assert len(present) >= 3
     for label in present:
@@ -126,10 +120,10 @@ def test_full_coco_config_through_the_documented_override(demo_root, tmp_path):
 
 def test_missing_data_and_nothing_to_do_are_named(tmp_path):
     with pytest.raises(MissingDataError, match='train_dataloader.dataset .*data_root'):
-        browse_dataset(str(ROOT / DEMOS['seg']), str(tmp_path), cfg_options={
+        browse_dataset(str(ROOT / DEMO_CONFIGS['seg']), str(tmp_path), cfg_options={
             'train_dataloader.dataset.data_root': str(tmp_path / 'nowhere')})
     with pytest.raises(ValueError, match='nothing to do'):
-        browse_dataset(str(ROOT / DEMOS['seg']))
+        browse_dataset(str(ROOT / DEMO_CONFIGS['seg']))
     with pytest.raises(ValueError, match='has no train_dataloader to draw'):
-        browse_dataset(str(ROOT / DEMOS['seg']), str(tmp_path),
+        browse_dataset(str(ROOT / DEMO_CONFIGS['seg']), str(tmp_path),
                        cfg_options={'train_dataloader': None})

@@ -6,14 +6,7 @@ import pytest
 
 from mmsape.testing.demo_data import ensure_demo_data
 
-from builders import ROOT, run_tool, short_run
-
-#: task -> its demo config
-DEMO_CONFIGS = {
-    'cls': 'configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py',
-    'seg': 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
-    'det': 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
-}
+from builders import DEMO_CONFIGS, ROOT, run_tool, short_run
 
 
 @pytest.fixture(scope='session')

@@ -17,16 +17,9 @@ import pytest
 
 from mmsape.testing.demo_data import ensure_demo_data
 
-from builders import run_tool, short_run
+from builders import DEMO_CONFIGS, DEMO_METRICS, run_tool, short_run
 
 ROOT = Path(__file__).resolve().parents[2]
-# Also in tests/test_cuda (the same demo configs on a GPU).
-DEMO_CONFIGS = {
-    'cls': ('configs/demo/vit-96d4-p8-sape2_1xb8-300iter_demo-imagenet.py', 'accuracy/top1'),
-    'seg': ('configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py', 'mIoU'),
-    'det': ('configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
-            'coco/bbox_mAP'),
-}
 pytestmark = pytest.mark.e2e
 
 
@@ -37,7 +30,7 @@ def demo_root() -> Path:
 
 @pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
 def test_train_then_test_gives_metric(task, demo_root, tmp_path):
-    config, metric = DEMO_CONFIGS[task]
+    config, metric = DEMO_CONFIGS[task], DEMO_METRICS[task]
     # after 4 iterations no box would pass the detector's usual score threshold
     test_options = ['model.test_cfg.rcnn.score_thr=0.0'] if task == 'det' else []
     run_tool('tools/train.py', config, '--work-dir', tmp_path, '--cfg-options',
@@ -66,7 +59,7 @@ def read_losses(work_dir: Path) -> dict:
 def test_resume_after_kill_repeats_the_uninterrupted_run(demo_root, tmp_path):
     """SIGKILL mid-run; --resume continues from the last checkpoint with the
     same iteration, optimizer and scheduler state: identical losses."""
-    config, _ = DEMO_CONFIGS['seg']
+    config = DEMO_CONFIGS['seg']
     options = ['--cfg-options', *short_run(config, iters=8, checkpoint_every=2),
                'randomness.deterministic=True']
     reference = tmp_path / 'uninterrupted'
@@ -96,7 +89,7 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(demo_root, tmp_path):
 
 def test_two_process_gloo_training_and_testing(demo_root, tmp_path):
     """torchrun --nproc_per_node 2 with MMEngine's 'pytorch' launcher on CPU."""
-    config, metric = DEMO_CONFIGS['seg']
+    config, metric = DEMO_CONFIGS['seg'], DEMO_METRICS['seg']
     env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_PORT='29517')
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
                 '--master_port', '29517']
@@ -136,7 +129,7 @@ def registered_encodings() -> list:
 def test_every_encoding_swaps_in_by_config(task, demo_root, tmp_path, monkeypatch):
     """model.backbone.pos_encoding.type=<any registered> trains in every task."""
     monkeypatch.chdir(ROOT)
-    config, _ = DEMO_CONFIGS[task]
+    config = DEMO_CONFIGS[task]
     for encoding in registered_encodings():
         loss = build_and_step(config, encoding, tmp_path / encoding)
         assert math.isfinite(loss), f'{task} with {encoding}: loss {loss}'

@@ -18,6 +18,8 @@ from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import LookHere, TokenGrid, build_pos_encoding
 from mmsape.models.pos_encodings.lookhere import lookhere_heads
 
+from builders import padded_and_alone
+
 HEAD_DIMS = 8
 # The bias is float32; the naive reference float64.
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -296,17 +298,7 @@ def test_backbone_output_is_unchanged_by_batch_padding():
                          global_attn_indexes=(1, ))):
         model = PosEncViT(arch=arch, img_size=32, patch_size=8,
                           pos_encoding=dict(type='LookHere', variant='LH-45'), **options).eval()
-        image = torch.randn(1, 3, 24, 40)
-        batch = torch.zeros(1, 3, 40, 56)
-        batch[..., :24, :40] = image
-        pad_mask = torch.ones(1, 40, 56, dtype=torch.bool)
-        pad_mask[..., :24, :40] = False
-        alone, padded = model(image)[0], model(batch, pad_mask)[0]
-        if options['out_type'] == 'raw':  # (1, 1 + 5 * 7, C): class token + the 3 x 5 image
-            image_tokens = padded[:, 1:].view(1, 5, 7, -1)[:, :3, :5].flatten(1, 2)
-            grid = torch.cat([padded[:, :1], image_tokens], dim=1)
-        else:
-            grid = padded[..., :3, :5]
+        grid, alone = padded_and_alone(model)
         torch.testing.assert_close(grid, alone, rtol=1e-4, atol=1e-5)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mmsape.models import PosEncViT
 from mmsape.models.pos_encodings import PaPE, TokenGrid, build_pos_encoding
 
-from builders import tiny_vit
+from builders import padded_and_alone, tiny_vit
 
 EMBED_DIMS, HEADS, HEAD_DIMS = 16, 2, 8
 BACKBONE = dict(embed_dims=EMBED_DIMS, num_heads=HEADS, num_layers=3)
@@ -453,18 +453,7 @@ def test_backbone_output_is_unchanged_by_batch_padding(options):
                                 feedforward_channels=96),
                       img_size=32, patch_size=8, pos_encoding=dict(type='PaPE'),
                       **options).double().eval()
-    image = torch.randn(1, 3, 24, 40, dtype=torch.float64)
-    batch = torch.zeros(1, 3, 40, 56, dtype=torch.float64)
-    batch[..., :24, :40] = image
-    pad_mask = torch.ones(1, 40, 56, dtype=torch.bool)
-    pad_mask[..., :24, :40] = False
-    with torch.no_grad():
-        alone, padded = model(image)[0], model(batch, pad_mask)[0]
-    if options['out_type'] == 'raw':  # (1, 1 + 5 * 7, C): class token + the 3 x 5 image
-        image_tokens = padded[:, 1:].view(1, 5, 7, -1)[:, :3, :5].flatten(1, 2)
-        grid = torch.cat([padded[:, :1], image_tokens], dim=1)
-    else:
-        grid = padded[..., :3, :5]
+    grid, alone = padded_and_alone(model, torch.float64)
     torch.testing.assert_close(grid, alone, **EXACT)
 
 
