@@ -249,6 +249,17 @@ def test_goal_and_claims_follow_the_numbers(tmp_path):
     # equal translation and attention in every row: those claims are "not shown"
     assert '| SaPE2 published | Resolution generalization' in text
     assert 'supported' in text and 'not shown' in text
+    # results made outside the run's jobs say where they come from, once per note
+    results = fake_results(53.)
+    for result in results[:3]:
+        result['provenance'] = 'from an earlier run'
+    text = report.write_report(str(tmp_path), results, dict(
+        protocol=QUICK_PROTOCOL.as_dict(), parts={}, machine='test'))
+    assert text.count('- 3 of the trainings: from an earlier run') == 1
+    # 35 trainings of 1 CPU s on 2 workers: their start (20 s) and 18 s of work
+    assert 'the decision rows from scratch: about 1 min on 2 workers' in text
+    from projects.pe_study.study.jobs import schedule_wall_s
+    assert schedule_wall_s([5., 4., 3., 3.], 2) == 20. + 8.
 
 
 def test_power_target_and_learnability_failures_are_reported():

@@ -71,10 +71,16 @@ def estimate_cpu_s(job: 'Job', protocol: StudyProtocol) -> float:
 
 
 def estimate_wall_s(jobs: Sequence['Job'], protocol: StudyProtocol, workers: int) -> float:
-    """Wall time of ``jobs`` on ``workers`` processes as :func:`run_jobs` runs
-    them (longest first, each to the first free worker), plus the workers' start."""
+    """Wall time of ``jobs`` on ``workers`` processes, from the measured costs."""
+    return schedule_wall_s([estimate_cpu_s(job, protocol) for job in jobs], workers)
+
+
+def schedule_wall_s(costs: Sequence[float], workers: int) -> float:
+    """Wall time of jobs of these CPU seconds on ``workers`` single-thread
+    processes as :func:`run_jobs` runs them (longest first, each to the first
+    free worker), plus the workers' start."""
     loads = [20.] * max(1, workers)  # interpreter, torch and toolbox imports
-    for cost in sorted((estimate_cpu_s(job, protocol) for job in jobs), reverse=True):
+    for cost in sorted(costs, reverse=True):
         loads[loads.index(min(loads))] += cost
     return max(loads)
 

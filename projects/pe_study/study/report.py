@@ -7,6 +7,7 @@ SaPE² rows were run) and the descriptions of what is measured.
 import math
 import os.path as osp
 import platform
+from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,6 +21,7 @@ from .encodings import (
     SWEEP_ROWS,
     uses_sape2,
 )
+from .jobs import schedule_wall_s
 from .segmentation import PAD_SETS, SEG_CONFIG
 from .stats import CONFIDENCE, PairedDifference, mean_sd, paired_difference, seeds_needed
 
@@ -384,6 +386,16 @@ def write_report(out: str, results: Sequence[Result], run: dict) -> str:
         text.append(f'- `{info["command"]}`: {info["jobs"]} trainings{again}, '
                     f'{info["wall_s"] / 60:.1f} min on {info["workers"]} single-thread '
                     f'worker process(es)')
+    # A result made outside this run's jobs says where it comes from ('provenance').
+    provenance = Counter(r['provenance'] for r in results if r.get('provenance'))
+    text += [f'- {count} of the trainings: {note}' for note, count in provenance.items()]
+    for part, rows in (('decision rows', decision), ('design sweep', sweep)):
+        costs = [r['total_cpu_s'] for r in results if r['row'] in rows and 'total_cpu_s' in r]
+        if costs:
+            text.append(f'- the {part} from scratch: about '
+                        f'{schedule_wall_s(costs, 2) / 60:.0f} min on 2 workers (the measured '
+                        f'CPU seconds of their {len(costs)} trainings, scheduled as `run.py` '
+                        f'schedules them)')
     cpu = sum(r.get('total_cpu_s', 0.) for r in results)
     text += [f'- machine: {run.get("machine", "?")}; CPU time of all trainings and '
              f'measurements: {cpu / 60:.1f} min',
