@@ -3,7 +3,9 @@
 1. generates the small COCO / ADE20K-format datasets if missing
    (``tools/misc/generate_demo_data.py``),
 2. trains a SaPE² segmenter (ViT + UPerNet) and a SaPE² detector (ViTDet-style
-   Mask R-CNN) with ``tools/train.py`` for a few minutes each,
+   Mask R-CNN) with ``tools/train.py`` for a few minutes each, with the study's
+   best SaPE² form (query-relative lookup in the first two blocks,
+   ``configs/_base_/pos_encodings/sape2_qrel_first_blocks.py``),
 3. evaluates the final checkpoints with ``tools/test.py`` (mIoU; COCO box/mask AP),
    which also draws every validation image's prediction next to its ground truth
    (``--show-dir``, the toolbox's visualization hook),
@@ -38,7 +40,7 @@ GT_PRED = ('ground truth', 'prediction')
 
 TASKS = {
     'seg': dict(
-        config='configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py',
+        config='configs/demo/upernet_vit-96d4-p8-sape2-qrel-first-blocks_mln_1xb4-300iter_demo-ade20k.py',
         metrics=['mIoU', 'mAcc', 'aAcc'],
         # each class of the config's PerClassIoUMetric: upper_blob / lower_blob
         # differ only in position
@@ -46,7 +48,7 @@ TASKS = {
         title='ADE20K-format segmentation',
         columns=GT_PRED),
     'det': dict(
-        config='configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py',
+        config='configs/demo/mask-rcnn_vit-96d4-p8-sape2-qrel-first-blocks_simplefpn_1xb4-800iter_demo-coco.py',
         metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
         # each class's box AP of the config's PerClassCocoMetric: the layout
         # classes top_disc / bottom_disc differ only in position
@@ -123,8 +125,10 @@ def main() -> None:
     for task in args.tasks:
         spec = TASKS[task]
         work_dir = ROOT / args.work_dir / task
-        # the test must build the model that was trained (the same encoding)
-        model_options = ([f'model.backbone.pos_encoding.type={args.pos_encoding}']
+        # the test must build the model that was trained (the same encoding); the
+        # demo's encoding options (those of SaPE2) are dropped, not passed to another type
+        model_options = (['model.backbone.pos_encoding._delete_=True',
+                          f'model.backbone.pos_encoding.type={args.pos_encoding}']
                          if args.pos_encoding else [])
         schedule_options = ([f'train_cfg.max_iters={args.iters}',
                              f'train_cfg.val_interval={args.iters}',
