@@ -218,6 +218,8 @@ def _enable_auto_scale_lr(cfg: Config) -> None:
             'base_batch_size=N) to it (N = GPUs x samples per GPU of the recipe, e.g. 16 '
             'for 8xb2), or pass --cfg-options auto_scale_lr.base_batch_size=N.')
     settings.enable = True
+
+
 def _enable_visualization(cfg: Config, show: bool, show_dir: Optional[str],
                           wait_time: float) -> None:
     """Switch on the config's visualization hook for testing, as each toolbox's

@@ -24,11 +24,10 @@ import torch
 from mmsape.models.pos_encodings import SaPE2, TokenGrid, registered_pos_encodings
 from mmsape.ops.sape2.sape2_attention_triton import triton_unavailable_reason
 
-from builders import kernel_that_ran, run_tool, short_run, tiny_vit
+from builders import DEMO_CONFIGS, kernel_that_ran, run_tool, short_run, tiny_vit
 
 ROOT = Path(__file__).resolve().parents[2]
-SEG_DEMO = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
-DET_DEMO = 'configs/demo/mask-rcnn_vit-96d4-p8-sape2_simplefpn_1xb4-800iter_demo-coco.py'
+SEG_DEMO, DET_DEMO = DEMO_CONFIGS['seg'], DEMO_CONFIGS['det']
 #: Encodings that cannot be built from their type alone, and what to build instead.
 CONFIGS = {'PositionEncodingStack': [dict(type='LearnedAPE'), dict(type='SaPE2')]}
 

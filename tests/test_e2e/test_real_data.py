@@ -17,11 +17,11 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from mmsape.testing.demo_data import ensure_demo_data
 from mmsape.utils import load_checkpoint_safely
 
-from builders import ROOT, load_tool, readme_command, readme_commands
+from builders import DEMO_CONFIGS, ROOT, load_tool, readme_command, readme_commands
 
 pytestmark = pytest.mark.e2e
 ADE_SECTION = 'ADE20K: semantic segmentation'
-SEG_DEMO = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
+SEG_DEMO = DEMO_CONFIGS['seg']
 DEIT_FILE = 'deit_small_patch16_224-cd65a155.pth'
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from mmsape.testing.demo_data import ensure_demo_data
 
-from builders import ROOT
+from builders import DEMO_CONFIGS, ROOT
 
 pytestmark = pytest.mark.e2e
-CONFIG = 'configs/demo/upernet_vit-96d4-p8-sape2_mln_1xb4-300iter_demo-ade20k.py'
+CONFIG = DEMO_CONFIGS['seg']
 
 SRUN = '''#!/usr/bin/env bash
 # srun for a one-task job here: record the options, drop them, run the command
